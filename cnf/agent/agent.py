@@ -1,0 +1,222 @@
+"""The agent process: one per cloud, on its controller. Wires config, state, drivers, election and API.
+
+Lifecycle: ``start()`` upgrades the schema (Alembic), builds the drivers of this
+agent's cloud (``sim`` or real per port, from config) and the directory of every
+cluster it can act on, starts the election, and — while master — registers the
+clusters, syncs the inventory, resumes unfinished migrations and runs the
+periodic loops. ``stop()`` resigns and stops everything it started.
+
+Embedded default (no config file): this one agent serves the demo's three sim
+clouds in-process (``cnf.sim.demo``), SQLite in a private temp dir, in-process
+tasks, single-node election. Its clouds live in memory, so its database does
+too (a restart starts a fresh federation) unless ``database.url`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cnf.agent.raft import Election, MasterInfo, SingleNodeElection
+from cnf.agent.service import FederationService
+from cnf.clock import Clock, SystemClock
+from cnf.config import CNFConfig
+from cnf.db.store import FederationStore, make_engine
+from cnf.errors import CNFError, ConfigError
+from cnf.migration.engine import EngineSettings, MigrationEngine
+from cnf.migration.model import MigrationEvent, MigrationRecord
+from cnf.observability.logs import migration_log_context
+from cnf.ports import ClusterDrivers, StaticDirectory
+from cnf.sim.demo import DEMO_CLUSTERS, demo_fabric, sim_drivers
+from cnf.sim.fabric import SimFabric
+from cnf.tasks.runner import InProcessRunner
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Run ``alembic upgrade`` against ``url`` (blocking: call it in a thread from async code)."""
+    import logging
+
+    from alembic import command
+    from alembic.config import Config
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, revision)
+
+
+class Agent:
+    def __init__(self, config: CNFConfig, *, clock: Clock | None = None, fabric: SimFabric | None = None,
+                 engine_settings: EngineSettings | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.fabric = fabric
+        self.engine_settings = engine_settings
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._master_tasks_started = False
+        self.store: FederationStore
+        self.service: FederationService
+        self.runner: InProcessRunner
+        self.election: Election
+        self.directory: StaticDirectory
+
+    # --- wiring ----------------------------------------------------------------------------------
+
+    def database_url(self) -> str:
+        url = self.config.database.url
+        explicit = "database" in self.config.model_fields_set
+        if self.config.embedded and not explicit:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cnf-embedded-")
+            url = f"sqlite+aiosqlite:///{self._tmp.name}/cnf.sqlite"
+        return url
+
+    def _own_drivers(self) -> ClusterDrivers:
+        """This agent's cloud: sim ports live in a private sim world; real ports come from their drivers."""
+        d = self.config.drivers
+        if {d.cloud, d.storage, d.bgp, d.hypervisor} != {"sim"}:
+            raise ConfigError("real drivers are wired per port by their own issues; this build supports 'sim' "
+                              "for every port", key="drivers")
+        if self.fabric is None:
+            self.fabric = SimFabric(clock=self.clock)
+        if self.config.cluster_id not in self.fabric.clusters:
+            n = len(self.fabric.clusters) + 1
+            self.fabric.add_cluster(self.config.cluster_id, name=self.config.cluster_name,
+                                    as_number=self.config.bgp.as_number,
+                                    next_hop=self.config.bgp.next_hop or f"192.0.2.{n}")
+            for h in (1, 2):
+                self.fabric.add_host(self.config.cluster_id, f"compute-{h}.{self.config.cluster_name}")
+        return sim_drivers(self.fabric, self.config.cluster_id)
+
+    def _build_directory(self) -> StaticDirectory:
+        if self.config.embedded:
+            if self.fabric is None:
+                self.fabric = demo_fabric(self.clock)
+            return StaticDirectory({cid: sim_drivers(self.fabric, cid) for cid in self.fabric.clusters})
+        return StaticDirectory({self.config.cluster_id: self._own_drivers()})
+
+    def _build_election(self) -> Election:
+        address = self.config.api.advertise_url or f"http://127.0.0.1:{self.config.api.port}"
+        if not self.config.raft.etcd_endpoints:
+            return SingleNodeElection(self.config.cluster_id, address, clock=self.clock)
+        from cnf.agent.raft import EtcdElection
+
+        return EtcdElection(cluster_id=self.config.cluster_id, address=address,
+                            endpoints=self.config.raft.etcd_endpoints, ttl=self.config.raft.lease_ttl_s)
+
+    async def start(self) -> None:
+        url = self.database_url()
+        await asyncio.to_thread(upgrade_schema, url)
+        self.store = FederationStore(make_engine(url))
+        self.directory = self._build_directory()
+        self.election = self._build_election()
+        engine = MigrationEngine(self.directory, self.clock, self.engine_settings)
+        self.runner = InProcessRunner(self.store, engine, self.clock, self._acting_epoch, observers=[self._observe])
+        self.service = FederationService(config=self.config, store=self.store, engine=engine, runner=self.runner,
+                                         directory=self.directory, election=self.election, clock=self.clock)
+        self.service.on_register = self._on_register
+        await self.runner.start()
+        self.election.on_change(self._on_master_change)
+        await self.election.start()
+        if self.election.is_master():
+            await self._become_master()
+
+    async def stop(self) -> None:
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        await self.runner.stop()
+        with contextlib.suppress(Exception):
+            await self.election.stop()
+        await self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _acting_epoch(self) -> int | None:
+        return self.election.epoch() if self.election.is_master() else None
+
+    # --- master duties ---------------------------------------------------------------------------
+
+    def _on_master_change(self, info: MasterInfo | None) -> None:
+        if info is not None and info.cluster_id == self.config.cluster_id and not self._master_tasks_started:
+            self._loops.append(asyncio.create_task(self._become_master()))
+        elif (info is None or info.cluster_id != self.config.cluster_id) and self._master_tasks_started:
+            self._master_tasks_started = False
+            log.info("decision", decision="stop_master_duties", reason="this agent is no longer the master")
+
+    async def _become_master(self) -> None:
+        if self._master_tasks_started:
+            return
+        self._master_tasks_started = True
+        epoch = self.election.epoch()
+        if epoch is None:
+            self._master_tasks_started = False
+            return
+        log.info("decision", decision="master_duties", reason="elected master", epoch=epoch)
+        await self.store.record_master(epoch, self.config.cluster_id)
+        await self._register_known_clusters(epoch)
+        await self.service.sync_inventory()
+        resumed = await self.runner.resume_unfinished()
+        if resumed:
+            log.info("decision", decision="resume_migrations", reason="unfinished migrations found at takeover",
+                     migrations=resumed)
+        self._loops.append(asyncio.create_task(self._periodic_inventory()))
+
+    async def _register_known_clusters(self, epoch: int) -> None:
+        known = {c.id for c in await self.store.list_clusters()}
+        if self.config.embedded and self.fabric is not None:
+            for cid, name, asn in DEMO_CLUSTERS:
+                if cid in self.fabric.clusters and cid not in known:
+                    await self.store.upsert_cluster(epoch, id=cid, name=name, grpc_addr=f"127.0.0.1:{50050 + asn % 10}",
+                                                    auth_url=f"sim://{name}", bgp_as=asn, region="RegionOne",
+                                                    credentials={}, status="active")
+        elif self.config.cluster_id not in known:
+            await self.store.upsert_cluster(epoch, id=self.config.cluster_id, name=self.config.cluster_name,
+                                            grpc_addr=self.config.cluster_grpc_addr, auth_url="",
+                                            bgp_as=self.config.bgp.as_number, region="RegionOne",
+                                            api_url=self.config.api.advertise_url, credentials={}, status="active")
+
+    async def _periodic_inventory(self, every_s: float = 5.0) -> None:
+        while self._master_tasks_started:
+            await asyncio.sleep(every_s)
+            try:
+                if self.fabric is not None:
+                    self.fabric.drift_load()
+                await self.service.sync_inventory()
+            except CNFError as e:
+                log.warning("inventory_sync_failed", error=e.message)
+
+    async def _on_register(self, *, cluster_id: str, name: str, auth_url: str, bgp_as: int,
+                           credentials: dict[str, Any]) -> str:
+        """A new cluster: in the embedded default ``sim://`` URLs create a sim cloud; others wait for their agent."""
+        if auth_url.startswith("sim://") and self.fabric is not None:
+            if cluster_id not in self.fabric.clusters:
+                n = len(self.fabric.clusters) + 1
+                self.fabric.add_cluster(cluster_id, name=name, as_number=bgp_as, next_hop=f"192.0.2.{n}")
+                for h in (1, 2):
+                    self.fabric.add_host(cluster_id, f"compute-{h}.{name}")
+            self.directory.add(sim_drivers(self.fabric, cluster_id))
+            return "active"
+        return "pending"
+
+    # --- observation -----------------------------------------------------------------------------
+
+    def _observe(self, rec: MigrationRecord, events: Sequence[MigrationEvent]) -> None:
+        with migration_log_context(rec):
+            for e in events:
+                log.info(e.kind, message=e.message, phase=e.phase, step=e.step, state=str(rec.state),
+                         **{k: v for k, v in e.data.items() if k in ("duration_ms", "reason", "policy")})

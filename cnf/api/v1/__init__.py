@@ -1,0 +1,1 @@
+"""REST API v1 routes (the seed's endpoints), one module per resource."""

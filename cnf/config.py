@@ -1,0 +1,174 @@
+"""``/etc/cnf/cnf.yaml``: the seed's keys, validated, with ``CNF_*`` environment overrides.
+
+Why pydantic-settings: operators get one schema (``docs/config.md``, generated
+sample ``etc/cnf.yaml.sample``), typed values and errors that name the key. A bad
+file stops the agent at start with ONE line (``cnf.yaml: bgp.as_number: ...``)
+and exit code 2 — never a traceback.
+
+Precedence (highest first): ``CNF_*`` environment (nested with ``__``, e.g.
+``CNF_BGP__AS_NUMBER=65002``; ``CNF_API_PORT`` for the REST port), the YAML file,
+defaults. No file at all = the embedded default (three sim clouds, SQLite,
+in-process tasks, single-node election) so ``cnf-agent`` runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cnf.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/cnf/cnf.yaml")
+Backend = Literal["sim", "real"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CephConfig(_Section):
+    pool: str = "vms"
+    mirror_mode: Literal["image", "pool"] = "image"
+    conf: str = "/etc/ceph/ceph.conf"
+    client_name: str = "admin"
+    mirror_lag_limit_s: float = Field(30.0, gt=0)
+
+
+class BgpConfig(_Section):
+    as_number: int = Field(65001, ge=1, le=4294967294)
+    route_reflector_addr: str = ""
+    next_hop: str = ""  # default next hop for this cloud's /32s ("" = router id)
+    vtysh_pathspace: str = ""  # FRR instance (vtysh -N) when not the default one
+
+
+class RaftConfig(_Section):
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    lease_ttl_s: float = Field(5.0, ge=2.0, le=60.0)
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for ep in v:
+            host, _, port = ep.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{ep!r} is not host:port")
+        return v
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite+aiosqlite:///cnf.sqlite"
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return v
+
+
+class DriversConfig(_Section):
+    """Which implementation each port uses: ``sim`` (embedded, tests) or ``real``."""
+
+    cloud: Backend = "sim"
+    storage: Backend = "sim"
+    bgp: Backend = "sim"
+    hypervisor: Backend = "sim"
+
+
+class ApiConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    auth_strategy: Literal["noauth", "keystone"] = "noauth"
+    advertise_url: str = ""  # how peers reach this agent's REST API (for the proxy)
+
+
+class TasksConfig(_Section):
+    runner: Literal["inprocess", "celery"] = "inprocess"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+
+class CNFConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNF_", env_nested_delimiter="__", extra="forbid")
+
+    cluster_id: str = "11111111-1111-4111-8111-111111111111"
+    cluster_name: str = "openstack-1"
+    cluster_grpc_addr: str = "127.0.0.1:50051"
+    peer_clusters: list[str] = Field(default_factory=list)
+    ceph: CephConfig = Field(default_factory=CephConfig)
+    bgp: BgpConfig = Field(default_factory=BgpConfig)
+    raft: RaftConfig = Field(default_factory=RaftConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    drivers: DriversConfig = Field(default_factory=DriversConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    #: embedded default: serve the demo's three sim clouds from this one agent
+    embedded: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        try:
+            uuid.UUID(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a UUID") from None
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def _first_error(e: ValidationError, source: str) -> ConfigError:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return ConfigError(f"{source}: {key}: {msg}", key=key)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CNFConfig:
+    """Load the config; ``path=None`` uses ``/etc/cnf/cnf.yaml`` if it exists, else the embedded default.
+
+    Raises ``ConfigError`` (one line naming the key) for any problem.
+    """
+    data: dict[str, Any] = {}
+    source = "environment"
+    explicit = path is not None
+    p = Path(path) if path is not None else DEFAULT_PATH
+    if p.exists():
+        source = p.name
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{where}", key="(file)") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys", key="(file)")
+        data = loaded
+    elif explicit:
+        raise ConfigError(f"{p}: file not found", key="(file)")
+    else:
+        data = {"embedded": True}
+    data.update(overrides or {})
+    if "CNF_API_PORT" in os.environ and "CNF_API__PORT" not in os.environ:
+        api = dict(data.get("api") or {})
+        api["port"] = os.environ["CNF_API_PORT"]
+        data["api"] = api
+    try:
+        return CNFConfig(**data)
+    except ValidationError as e:
+        raise _first_error(e, source) from None

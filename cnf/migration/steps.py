@@ -1,0 +1,434 @@
+"""The migrations as data: one table of steps per kind.
+
+Each ``Step`` has ``do`` (act), ``check`` (is the effect already in the world?),
+``undo`` (compensate) and says whether it is the point of no return. The engine
+(``cnf.migration.engine``) runs ``check`` before ``do``, so a redelivered step is
+a no-op, and polls ``check`` after ``do`` until it holds or the step's deadline
+passes. Every ``do`` and ``undo`` is idempotent; the drivers' contracts promise
+the same for each call they make.
+
+Point of no return: the promote at the destination (DESIGN.md section 4). Before
+it, a failure compensates completed steps in reverse; after it, the engine rolls
+forward (retry, then ``needs_operator``).
+
+Order inside the live CUTOVER follows the measured recipe: QEMU holds the guest
+in ``pre-switchover`` (source vCPUs stopped) while the source is demoted and the
+destination promoted as soon as the demotion snapshot arrived; then
+``migrate-continue`` resumes the guest at the destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnf.errors import DriverError, NotConverging
+from cnf.hypervisor.base import MigrationParams
+from cnf.migration.model import MigrationKind, MigrationRecord, Phase
+from cnf.migration.preflight import run_preflight
+from cnf.openstack.base import ServerSpec
+from cnf.ports import ClusterDrivers
+
+
+@dataclass
+class StepContext:
+    """What a step sees: the record (read/write ``context``), both clouds' drivers and the clock."""
+
+    record: MigrationRecord
+    src: ClusterDrivers
+    dst: ClusterDrivers
+    now: Callable[[], float]
+    notes: list[tuple[str, dict[str, Any]]]
+
+    @property
+    def vm_id(self) -> str:
+        return self.record.vm.id
+
+    @property
+    def image(self) -> str:
+        return self.record.vm.image
+
+    @property
+    def prefix(self) -> str:
+        return self.record.vm.prefix
+
+    @property
+    def ctx(self) -> dict[str, Any]:
+        return self.record.context
+
+    def note(self, message: str, **data: Any) -> None:
+        """Record a decision and its reason in the event log (e.g. why auto-converge was applied)."""
+        self.notes.append((message, data))
+
+
+StepFn = Callable[[StepContext], Awaitable[None]]
+CheckFn = Callable[[StepContext], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    phase: Phase
+    do: StepFn
+    check: CheckFn
+    undo: StepFn | None = None
+    irreversible: bool = False  # the point of no return: once done, never compensated
+    timeout_s: float = 120.0  # how long ``check`` may take to hold after ``do``
+    poll_s: float = 0.5  # countdown between two checks
+    on_wait: StepFn | None = None  # called at each unsuccessful poll (may act, idempotently)
+    max_attempts: int = 3  # ``do`` retries on retryable errors before giving up
+
+
+async def _never(_: StepContext) -> bool:
+    return False
+
+
+async def _nothing(_: StepContext) -> None:
+    return None
+
+
+# --- PREFLIGHT ------------------------------------------------------------------------------------
+
+
+async def preflight_do(sc: StepContext) -> None:
+    report = await run_preflight(sc.record, sc.src, sc.dst)
+    sc.ctx["preflight"] = [c.to_dict() for c in report]
+    from cnf.errors import PreflightFailed
+
+    if any(not c.passed and c.severity == "error" for c in report):
+        raise PreflightFailed(report)
+    sc.ctx["preflight_passed"] = True
+
+
+async def preflight_check(sc: StepContext) -> bool:
+    return bool(sc.ctx.get("preflight_passed"))
+
+
+# --- DISK -----------------------------------------------------------------------------------------
+
+
+async def enable_mirroring_do(sc: StepContext) -> None:
+    enabled = await sc.src.storage.enable_mirroring(sc.image)
+    sc.ctx.setdefault("mirroring_enabled_by_us", enabled)
+
+
+async def enable_mirroring_check(sc: StepContext) -> bool:
+    st = await sc.src.storage.status(sc.image)
+    return st.mirroring
+
+
+async def enable_mirroring_undo(sc: StepContext) -> None:
+    if sc.ctx.get("mirroring_enabled_by_us"):
+        st = await sc.src.storage.status(sc.image)
+        if st.mirroring and st.primary:
+            await sc.src.storage.disable_mirroring(sc.image)
+
+
+async def sync_do(sc: StepContext) -> None:
+    """Take a fresh mirror snapshot so the delta left for the cutover is small."""
+    sc.ctx["sync_snapshot_id"] = await sc.src.storage.create_mirror_snapshot(sc.image)
+
+
+async def sync_check(sc: StepContext) -> bool:
+    st = await sc.dst.storage.status(sc.image)
+    limit = sc.record.options.mirror_lag_limit_s
+    wanted = int(sc.ctx.get("sync_snapshot_id", 0))
+    ok = st.exists and st.last_snapshot_id >= wanted and st.lag_s <= limit and st.in_sync
+    sc.ctx["mirror_lag_s"] = 0.0 if ok else (st.lag_s if st.lag_s != float("inf") else -1.0)
+    return bool(wanted) and ok
+
+
+async def stop_source_do(sc: StepContext) -> None:
+    await sc.src.cloud.stop_server(sc.vm_id)
+
+
+async def stop_source_check(sc: StepContext) -> bool:
+    srv = await sc.src.cloud.get_server(sc.vm_id)
+    return srv is not None and srv.status == "SHUTOFF"
+
+
+async def stop_source_undo(sc: StepContext) -> None:
+    if sc.record.vm.status == "ACTIVE":
+        await sc.src.cloud.start_server(sc.vm_id)
+
+
+async def demote_do(sc: StepContext) -> None:
+    await sc.src.storage.demote(sc.image)
+
+
+async def demote_check(sc: StepContext) -> bool:
+    return not (await sc.src.storage.status(sc.image)).primary
+
+
+async def demote_undo(sc: StepContext) -> None:
+    """Take our demotion back: legal because the destination has not been promoted (before the PONR)."""
+    dst = await sc.dst.storage.status(sc.image)
+    if dst.primary:
+        raise DriverError("destination is primary: refusing to promote the source back", image=sc.image)
+    await sc.src.storage.promote(sc.image)
+
+
+async def demotion_arrived_check(sc: StepContext) -> bool:
+    st = await sc.dst.storage.status(sc.image)
+    return st.in_sync and not st.primary or st.primary
+
+
+async def promote_do(sc: StepContext) -> None:
+    await sc.dst.storage.promote(sc.image)
+
+
+async def promote_check(sc: StepContext) -> bool:
+    return (await sc.dst.storage.status(sc.image)).primary
+
+
+# --- MEMORY ---------------------------------------------------------------------------------------
+
+
+def _spec(sc: StepContext) -> ServerSpec:
+    vm = sc.record.vm
+    return ServerSpec(vm_id=vm.id, name=vm.name, flavor=vm.flavor, vcpus=vm.vcpus, ram_mb=vm.ram_mb, ip=vm.ip,
+                      image=vm.image, host=sc.record.dest_host, project_id=vm.project_id, migration_id=sc.record.id)
+
+
+async def create_receiver_do(sc: StepContext) -> None:
+    srv = await sc.dst.cloud.create_receiver(_spec(sc))
+    sc.ctx["dest_host"] = srv.host
+
+
+async def create_receiver_check(sc: StepContext) -> bool:
+    srv = await sc.dst.cloud.get_server(sc.vm_id)
+    if srv is not None:
+        sc.ctx["dest_host"] = srv.host
+    return srv is not None
+
+
+async def create_receiver_undo(sc: StepContext) -> None:
+    await sc.dst.cloud.delete_receiver(sc.vm_id)
+
+
+async def prepare_incoming_do(sc: StepContext) -> None:
+    vm = sc.record.vm
+    sc.ctx["incoming_uri"] = await sc.dst.hypervisor.prepare_incoming(vm.id, vm.ram_mb, vm.image,
+                                                                      str(sc.ctx.get("dest_host", "")))
+
+
+async def prepare_incoming_check(sc: StepContext) -> bool:
+    d = await sc.dst.hypervisor.domain(sc.vm_id)
+    return d is not None and d.state == "incoming" and bool(sc.ctx.get("incoming_uri"))
+
+
+async def prepare_incoming_undo(sc: StepContext) -> None:
+    await sc.dst.hypervisor.destroy_incoming(sc.vm_id)
+
+
+def _params(sc: StepContext) -> MigrationParams:
+    o = sc.record.options
+    return MigrationParams(downtime_limit_ms=o.downtime_limit_ms, max_bandwidth_mbps=o.max_bandwidth_mbps,
+                           auto_converge=o.non_convergence.startswith("auto_converge"),
+                           post_copy="post_copy" in o.non_convergence,
+                           non_convergence_action=o.non_convergence, max_passes=o.max_passes)
+
+
+async def precopy_do(sc: StepContext) -> None:
+    await sc.src.hypervisor.start_migration(sc.vm_id, str(sc.ctx["incoming_uri"]), _params(sc))
+
+
+async def precopy_check(sc: StepContext) -> bool:
+    p = await sc.src.hypervisor.progress(sc.vm_id)
+    remaining_s = p.remaining_bytes / max(1.0, sc.record.options.max_bandwidth_mbps * 1024 * 1024 / 8)
+    sc.ctx["progress"] = {"status": p.status, "percent": round(p.percent, 1), "transferred_bytes": p.transferred_bytes,
+                          "remaining_bytes": p.remaining_bytes, "total_bytes": p.total_bytes, "passes": p.passes,
+                          "dirty_rate_bps": round(p.dirty_rate_bps), "expected_downtime_ms":
+                          round(p.expected_downtime_ms, 1), "eta_s": round(remaining_s, 2)}
+    if p.status == "failed":
+        raise DriverError(f"memory copy failed: {p.error or 'unknown reason'}", port="hypervisor")
+    return p.status in ("pre-switchover", "completed")
+
+
+def _converging(history: list[int], window: int = 3) -> bool:
+    """Pre-copy converges while the remaining set keeps shrinking over the last ``window`` passes."""
+    if len(history) <= window:
+        return True
+    recent = history[-(window + 1):]
+    return recent[-1] < recent[0] * 0.9
+
+
+async def precopy_on_wait(sc: StepContext) -> None:
+    """Apply the non-convergence policy, one escalation per observed stall, each with its reason."""
+    p = await sc.src.hypervisor.progress(sc.vm_id)
+    history = list(p.history)
+    applied: list[str] = list(sc.ctx.get("convergence_actions", []))
+    if _converging(history[-(len(history) - int(sc.ctx.get("convergence_from_pass", 0))):] if applied else history):
+        return
+    policy = sc.record.options.non_convergence
+    reason = (f"remaining {history[-1] // (1024 * 1024)} MiB after {p.passes} passes does not shrink: the guest "
+              f"dirties {p.dirty_rate_bps / 1024 / 1024:.0f} MiB/s against "
+              f"{sc.record.options.max_bandwidth_mbps / 8:.0f} MiB/s of bandwidth")
+    throttles = applied.count("auto_converge")
+    if policy.startswith("auto_converge") and throttles < 4:
+        action = "auto_converge"
+    elif "post_copy" in policy and "post_copy" not in applied:
+        action = "post_copy"
+    else:
+        sc.note("aborting live migration: pre-copy does not converge", reason=reason, policy=policy)
+        raise NotConverging(f"pre-copy does not converge ({reason}); policy {policy} says abort")
+    await sc.src.hypervisor.apply_convergence(sc.vm_id, action)
+    applied.append(action)
+    sc.ctx["convergence_actions"] = applied
+    sc.ctx["convergence_from_pass"] = len(history)
+    sc.note(f"non-convergence: applied {action}", reason=reason, policy=policy)
+
+
+async def precopy_undo(sc: StepContext) -> None:
+    await sc.src.hypervisor.cancel_migration(sc.vm_id)
+
+
+async def switchover_do(sc: StepContext) -> None:
+    await sc.src.hypervisor.continue_switchover(sc.vm_id)
+
+
+async def switchover_check(sc: StepContext) -> bool:
+    d = await sc.dst.hypervisor.domain(sc.vm_id)
+    if d is None or d.state != "running":
+        return False
+    p = await sc.src.hypervisor.progress(sc.vm_id)
+    if p.downtime_ms is not None:
+        sc.ctx["qemu_downtime_ms"] = round(p.downtime_ms, 1)
+        sc.ctx.setdefault("guest_pause_ms", round(p.downtime_ms, 1))
+    sc.ctx["switchover_at"] = sc.now()
+    return True
+
+
+# --- cold CUTOVER --------------------------------------------------------------------------------
+
+
+async def boot_dest_do(sc: StepContext) -> None:
+    await sc.dst.cloud.boot_receiver(sc.vm_id, power_on=sc.record.vm.status == "ACTIVE")
+
+
+async def boot_dest_check(sc: StepContext) -> bool:
+    srv = await sc.dst.cloud.get_server(sc.vm_id)
+    wanted = "ACTIVE" if sc.record.vm.status == "ACTIVE" else "SHUTOFF"
+    return srv is not None and srv.status == wanted and not srv.metadata.get("cnf:receiver")
+
+
+# --- BGP ------------------------------------------------------------------------------------------
+
+
+def _dest_next_hop(sc: StepContext) -> str:
+    return sc.record.dest_next_hop or sc.dst.bgp.default_next_hop
+
+
+async def announce_do(sc: StepContext) -> None:
+    await sc.dst.bgp.announce(sc.prefix, _dest_next_hop(sc))
+
+
+async def announce_check(sc: StepContext) -> bool:
+    return await sc.dst.bgp.announced(sc.prefix)
+
+
+async def announce_undo(sc: StepContext) -> None:
+    await sc.dst.bgp.withdraw(sc.prefix)
+
+
+async def withdraw_do(sc: StepContext) -> None:
+    await sc.src.bgp.withdraw(sc.prefix)
+
+
+async def withdraw_check(sc: StepContext) -> bool:
+    """Done when the source no longer originates the /32 and the fabric's best path is the destination."""
+    if await sc.src.bgp.announced(sc.prefix):
+        return False
+    best = await sc.dst.bgp.fabric_best_path(sc.prefix)
+    ok = best is not None and best.next_hop == _dest_next_hop(sc)
+    if ok and "switchover_at" in sc.ctx and "network_blackout_ms" not in sc.ctx:
+        sc.ctx["network_blackout_ms"] = round((sc.now() - float(sc.ctx["switchover_at"])) * 1000.0, 1)
+    return ok
+
+
+# --- CLEANUP --------------------------------------------------------------------------------------
+
+
+async def activate_dest_do(sc: StepContext) -> None:
+    await sc.dst.cloud.activate_receiver(sc.vm_id)
+
+
+async def activate_dest_check(sc: StepContext) -> bool:
+    srv = await sc.dst.cloud.get_server(sc.vm_id)
+    return srv is not None and srv.status == "ACTIVE" and not srv.metadata.get("cnf:receiver")
+
+
+async def destroy_source_domain_do(sc: StepContext) -> None:
+    await sc.src.hypervisor.destroy_source(sc.vm_id)
+
+
+async def destroy_source_domain_check(sc: StepContext) -> bool:
+    return await sc.src.hypervisor.domain(sc.vm_id) is None
+
+
+async def retire_source_do(sc: StepContext) -> None:
+    await sc.src.cloud.retire_server(sc.vm_id)
+
+
+async def retire_source_check(sc: StepContext) -> bool:
+    return await sc.src.cloud.get_server(sc.vm_id) is None
+
+
+# --- the tables -----------------------------------------------------------------------------------
+
+PREFLIGHT = Step("preflight.checks", Phase.PREFLIGHT, preflight_do, preflight_check, max_attempts=1)
+ENABLE_MIRRORING = Step("disk.enable_mirroring", Phase.DISK, enable_mirroring_do, enable_mirroring_check,
+                        enable_mirroring_undo)
+SYNC = Step("disk.sync", Phase.DISK, sync_do, sync_check, timeout_s=1800.0, poll_s=0.5)
+ANNOUNCE = Step("bgp.announce_destination", Phase.BGP, announce_do, announce_check, announce_undo, max_attempts=5)
+WITHDRAW = Step("bgp.withdraw_source", Phase.BGP, withdraw_do, withdraw_check, timeout_s=30.0, poll_s=0.05,
+                max_attempts=5)
+
+LIVE_STEPS: tuple[Step, ...] = (
+    PREFLIGHT,
+    ENABLE_MIRRORING,
+    SYNC,
+    Step("memory.create_receiver", Phase.MEMORY, create_receiver_do, create_receiver_check, create_receiver_undo),
+    Step("memory.prepare_incoming", Phase.MEMORY, prepare_incoming_do, prepare_incoming_check,
+         prepare_incoming_undo),
+    Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.2,
+         on_wait=precopy_on_wait),
+    Step("cutover.demote_source", Phase.CUTOVER, demote_do, demote_check, demote_undo, poll_s=0.01),
+    Step("cutover.await_demotion", Phase.CUTOVER, _nothing, demotion_arrived_check, timeout_s=30.0, poll_s=0.02),
+    Step("cutover.promote_destination", Phase.CUTOVER, promote_do, promote_check, irreversible=True, poll_s=0.02,
+         max_attempts=50),
+    Step("cutover.switchover", Phase.CUTOVER, switchover_do, switchover_check, timeout_s=60.0, poll_s=0.02,
+         max_attempts=5),
+    ANNOUNCE,
+    WITHDRAW,
+    Step("cleanup.activate_destination", Phase.CLEANUP, activate_dest_do, activate_dest_check, max_attempts=5),
+    Step("cleanup.destroy_source_domain", Phase.CLEANUP, destroy_source_domain_do, destroy_source_domain_check,
+         max_attempts=5),
+    Step("cleanup.retire_source_record", Phase.CLEANUP, retire_source_do, retire_source_check, max_attempts=5),
+)
+
+COLD_STEPS: tuple[Step, ...] = (
+    PREFLIGHT,
+    ENABLE_MIRRORING,
+    SYNC,
+    Step("disk.stop_source", Phase.DISK, stop_source_do, stop_source_check, stop_source_undo, timeout_s=300.0),
+    Step("disk.demote_source", Phase.DISK, demote_do, demote_check, demote_undo),
+    Step("disk.await_demotion", Phase.DISK, _nothing, demotion_arrived_check, timeout_s=300.0, poll_s=0.1),
+    Step("disk.promote_destination", Phase.DISK, promote_do, promote_check, irreversible=True, poll_s=0.1,
+         max_attempts=20),
+    Step("cutover.register_destination", Phase.CUTOVER, create_receiver_do, create_receiver_check,
+         max_attempts=5),
+    Step("cutover.boot_destination", Phase.CUTOVER, boot_dest_do, boot_dest_check, timeout_s=600.0,
+         max_attempts=5),
+    ANNOUNCE,
+    WITHDRAW,
+    Step("cleanup.retire_source_record", Phase.CLEANUP, retire_source_do, retire_source_check, max_attempts=5),
+)
+
+STEP_TABLES: dict[MigrationKind, tuple[Step, ...]] = {MigrationKind.LIVE: LIVE_STEPS, MigrationKind.COLD: COLD_STEPS}
+
+
+def point_of_no_return(kind: MigrationKind) -> int:
+    """Index of the irreversible step of ``kind``'s table."""
+    return next(i for i, s in enumerate(STEP_TABLES[kind]) if s.irreversible)
