@@ -105,12 +105,18 @@ class SimHypervisor:
         if action == "auto_converge":
             m.throttle = 0.2 if m.throttle == 0 else min(0.99, m.throttle + 0.1)
         elif action == "post_copy":
-            m.status = "postcopy-active"
+            # QEMU honours pause-before-switchover for post-copy too: the guest stops in pre-switchover,
+            # the engine hands the storage over, then migrate-continue starts the destination at once and
+            # the remaining pages are pulled on demand (not part of the pause).
+            m.post_copy = True
+            m.status = "pre-switchover"
             m.paused_at = self.fabric.clock.now()
+            m.pass_bytes_mb = 0.0
             self.fabric.clusters[m.source].domains[vm_id].state = "paused"
         else:
             raise DriverError(f"unknown convergence action {action}", field="action")
-        self.fabric.effect(self.cluster_id, PORT, f"converge_{action}", vm_id)
+        # each escalation is its own effect (throttle 20 % -> 30 % ...), so the key names the level
+        self.fabric.effect(self.cluster_id, PORT, f"converge_{action}", f"{vm_id}@{m.throttle:.2f}")
 
     async def continue_switchover(self, vm_id: str) -> None:
         await self.fabric.enter(self.cluster_id, PORT, "continue_switchover")

@@ -16,10 +16,13 @@ from cnf.ports import ClusterDrivers
 
 
 async def _guard(name: str, fn: Callable[[], Awaitable[CheckResult]]) -> CheckResult:
-    """A check whose backend fails is a failed check with the backend's reason, not a crash."""
+    """A check whose backend fails for good is a failed check with the backend's reason, not a crash;
+    a transient backend error is raised so the whole preflight is retried instead of failing the migration."""
     try:
         return await fn()
     except CNFError as e:
+        if e.retryable:
+            raise
         return CheckResult(name, False, f"{e.code}: {e.message}")
 
 

@@ -257,6 +257,8 @@ def _converging(history: list[int], window: int = 3) -> bool:
 async def precopy_on_wait(sc: StepContext) -> None:
     """Apply the non-convergence policy, one escalation per observed stall, each with its reason."""
     p = await sc.src.hypervisor.progress(sc.vm_id)
+    if p.status != "active":
+        return  # switching over or in post-copy: nothing left to escalate
     history = list(p.history)
     applied: list[str] = list(sc.ctx.get("convergence_actions", []))
     if _converging(history[-(len(history) - int(sc.ctx.get("convergence_from_pass", 0))):] if applied else history):
@@ -377,7 +379,7 @@ async def retire_source_check(sc: StepContext) -> bool:
 
 # --- the tables -----------------------------------------------------------------------------------
 
-PREFLIGHT = Step("preflight.checks", Phase.PREFLIGHT, preflight_do, preflight_check, max_attempts=1)
+PREFLIGHT = Step("preflight.checks", Phase.PREFLIGHT, preflight_do, preflight_check, max_attempts=3)
 ENABLE_MIRRORING = Step("disk.enable_mirroring", Phase.DISK, enable_mirroring_do, enable_mirroring_check,
                         enable_mirroring_undo)
 SYNC = Step("disk.sync", Phase.DISK, sync_do, sync_check, timeout_s=1800.0, poll_s=0.5)
@@ -392,7 +394,7 @@ LIVE_STEPS: tuple[Step, ...] = (
     Step("memory.create_receiver", Phase.MEMORY, create_receiver_do, create_receiver_check, create_receiver_undo),
     Step("memory.prepare_incoming", Phase.MEMORY, prepare_incoming_do, prepare_incoming_check,
          prepare_incoming_undo),
-    Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.2,
+    Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.05,
          on_wait=precopy_on_wait),
     Step("cutover.demote_source", Phase.CUTOVER, demote_do, demote_check, demote_undo, poll_s=0.01),
     Step("cutover.await_demotion", Phase.CUTOVER, _nothing, demotion_arrived_check, timeout_s=30.0, poll_s=0.02),

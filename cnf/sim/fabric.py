@@ -39,7 +39,8 @@ class FaultRule:
 
     ``nth`` counts calls of that method on that cluster from 1; ``times`` says how many
     consecutive calls from the nth on are affected (``-1`` = every call from then on).
-    ``cluster_id=None`` or ``method="*"`` match any.
+    ``cluster_id=None`` or ``method="*"`` match any; ``port="*"`` counts every driver call of the
+    whole fabric (``nth`` = the nth call of anything), which lets tests fail every step boundary.
     """
 
     port: str
@@ -50,7 +51,9 @@ class FaultRule:
     cluster_id: str | None = None
     message: str = "injected fault"
 
-    def matches(self, cluster_id: str, port: str, method: str, count: int) -> bool:
+    def matches(self, cluster_id: str, port: str, method: str, count: int, total: int = 0) -> bool:
+        if self.port == "*":
+            return total >= self.nth and (self.times < 0 or total < self.nth + self.times)
         if self.port != port or self.method not in ("*", method):
             return False
         if self.cluster_id is not None and self.cluster_id != cluster_id:
@@ -205,6 +208,7 @@ class SimFabric:
         self.faults = FaultPlan()
         self.calls: Counter[tuple[str, str, str]] = Counter()
         self.effects: Counter[tuple[str, str, str, str]] = Counter()
+        self.total_calls = 0
         self._snap_ids = itertools.count(1)
         self._rng = random.Random(seed)
         self._last_write = self.clock.now()
@@ -257,11 +261,12 @@ class SimFabric:
     async def enter(self, cluster_id: str, port: str, method: str) -> None:
         """Called first by every sim driver method: counts the call, applies faults, advances the world."""
         self.calls[(cluster_id, port, method)] += 1
+        self.total_calls += 1
         count = self.calls[(cluster_id, port, method)]
         if (cluster_id, port) in self.faults.down:
             raise DriverUnavailable(f"{port} of {cluster_id} is down", port=port, operation=method)
         for rule in self.faults.rules:
-            if rule.matches(cluster_id, port, method, count):
+            if rule.matches(cluster_id, port, method, count, self.total_calls):
                 if rule.kind == "hang":
                     await asyncio.Event().wait()  # until the caller's timeout cancels us
                 if rule.kind == "unavailable":
