@@ -156,7 +156,7 @@ def main() -> int:
             print(f"    {base} cnf vm list")
             print(f"    {base} cnf vm live-migrate {live_vm['name']} --to {names[ids[2]]} --wait")
             print(f"    {base} cnf migration list")
-            print(f"    (with `make demo` the agent stops at the end; run `.venv/bin/cnf-agent` to keep one running)")
+            print("    (with `make demo` the agent stops at the end; run `.venv/bin/cnf-agent` to keep one running)")
             return 0 if ok else 1
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -115,7 +115,8 @@ class Agent:
         from cnf.agent.raft import EtcdElection
 
         return EtcdElection(cluster_id=self.config.cluster_id, address=address,
-                            endpoints=self.config.raft.etcd_endpoints, ttl=self.config.raft.lease_ttl_s)
+                            endpoints=self.config.raft.etcd_endpoints,
+                            lease_ttl_s=self.config.raft.lease_ttl_s)
 
     async def start(self) -> None:
         url = self.database_url()

@@ -173,6 +173,7 @@ class FederationStore:
                                    migration_id=other.id, field="vm_id")
             vm.migration_id = rec.id
             s.add(self._row(rec))
+            await s.flush()  # the row before its first event (foreign key; no ORM relationship orders them)
             s.add(MigrationEventRow(migration_id=rec.id, ts=rec.created_at, kind="requested",
                                     message=f"{rec.kind} migration requested", data={}, epoch=epoch))
 

@@ -171,7 +171,7 @@ async def demote_undo(sc: StepContext) -> None:
 
 async def demotion_arrived_check(sc: StepContext) -> bool:
     st = await sc.dst.storage.status(sc.image)
-    return st.in_sync and not st.primary or st.primary
+    return (st.in_sync and not st.primary) or st.primary
 
 
 async def promote_do(sc: StepContext) -> None:
