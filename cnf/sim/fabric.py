@@ -16,15 +16,26 @@ The physics kept honest on purpose:
 Fault injection (``FaultPlan``): fail or hang the Nth call of any driver method,
 or mark a whole port of a cluster down. Effect counters record each *state
 change* so tests can assert every side effect happened exactly once.
+
+Shared across processes (``state_file``): agents, Celery workers and the test
+itself each open the same world. Every driver call takes an ``flock`` on the
+file, loads the world, acts, and saves it before the caller can observe the
+result (the save runs at the next event-loop iteration or the next call,
+whichever comes first). With a state file, use a clock every process shares
+(``SystemClock``: CLOCK_MONOTONIC is system-wide).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import fcntl
+import json
+import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cnf.clock import Clock, SystemClock
@@ -200,7 +211,7 @@ class SimFabric:
     replication_mbps: float = 400.0
     replication_latency_s: float = 0.05
 
-    def __init__(self, clock: Clock | None = None, seed: int = 7) -> None:
+    def __init__(self, clock: Clock | None = None, seed: int = 7, state_file: str | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
         self.clusters: dict[str, SimCluster] = {}
         self.images: dict[str, SimImage] = {}
@@ -209,9 +220,95 @@ class SimFabric:
         self.calls: Counter[tuple[str, str, str]] = Counter()
         self.effects: Counter[tuple[str, str, str, str]] = Counter()
         self.total_calls = 0
-        self._snap_ids = itertools.count(1)
+        self._next_snap = 1
         self._rng = random.Random(seed)
         self._last_write = self.clock.now()
+        self.state_file = state_file
+        self._lock_fd: int | None = None
+        if state_file:
+            with self.transaction():
+                pass  # load an existing world, or create the file for the others
+
+    # --- persistence (shared world across processes) ------------------------------------------
+
+    def _acquire(self) -> None:
+        if not self.state_file or self._lock_fd is not None:
+            return
+        fd = os.open(self.state_file + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+        if os.path.exists(self.state_file) and os.path.getsize(self.state_file) > 0:
+            with open(self.state_file) as f:
+                self._load(json.load(f))
+
+    def _commit(self) -> None:
+        """Save the world and release the lock (no-op when nothing is held)."""
+        if self._lock_fd is None:
+            return
+        assert self.state_file is not None
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self._dump(), f)
+        os.replace(tmp, self.state_file)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[SimFabric]:
+        """Load, change and save the shared world atomically (tests inject faults or read effects this way)."""
+        self._commit()
+        self._acquire()
+        try:
+            yield self
+        finally:
+            self._commit()
+
+    def _dump(self) -> dict[str, Any]:
+        def key(t: tuple[str, ...]) -> str:
+            return "|".join(t)
+
+        return {
+            "clusters": {cid: {"cluster_id": c.cluster_id, "name": c.name, "as_number": c.as_number,
+                               "next_hop": c.next_hop, "load_bias": c.load_bias, "routes": c.routes,
+                               "flavors": {k: list(v) for k, v in c.flavors.items()},
+                               "hosts": {k: asdict(v) for k, v in c.hosts.items()},
+                               "servers": {k: asdict(v) for k, v in c.servers.items()},
+                               "domains": {k: asdict(v) for k, v in c.domains.items()}}
+                         for cid, c in self.clusters.items()},
+            "images": {n: {"name": i.name, "size_mb": i.size_mb, "written": i.written_mb_since_snapshot,
+                           "sides": {k: asdict(v) for k, v in i.sides.items()},
+                           "snapshots": [asdict(sn) for sn in i.snapshots.values()]} for n, i in self.images.items()},
+            "migrations": {k: asdict(v) for k, v in self.migrations.items()},
+            "faults": {"rules": [asdict(r) for r in self.faults.rules], "down": sorted(list(d) for d in
+                                                                                       self.faults.down)},
+            "calls": {key(k): v for k, v in self.calls.items()},
+            "effects": {key(k): v for k, v in self.effects.items()},
+            "total_calls": self.total_calls, "next_snap": self._next_snap, "last_write": self._last_write,
+        }
+
+    def _load(self, d: dict[str, Any]) -> None:
+        self.clusters = {}
+        for cid, c in d["clusters"].items():
+            sc = SimCluster(cluster_id=c["cluster_id"], name=c["name"], as_number=c["as_number"],
+                            next_hop=c["next_hop"], load_bias=c["load_bias"], routes=dict(c["routes"]))
+            sc.flavors = {k: (v[0], v[1]) for k, v in c["flavors"].items()}
+            sc.hosts = {k: SimHost(**v) for k, v in c["hosts"].items()}
+            sc.servers = {k: SimServer(**{**v, "tags": tuple(v["tags"])}) for k, v in c["servers"].items()}
+            sc.domains = {k: SimDomain(**v) for k, v in c["domains"].items()}
+            self.clusters[cid] = sc
+        self.images = {}
+        for n, i in d["images"].items():
+            img = SimImage(name=i["name"], size_mb=i["size_mb"], written_mb_since_snapshot=i["written"])
+            img.sides = {k: SimImageSide(**v) for k, v in i["sides"].items()}
+            img.snapshots = {sn["id"]: SimSnapshot(**sn) for sn in i["snapshots"]}
+            self.images[n] = img
+        self.migrations = {k: SimMigration(**v) for k, v in d["migrations"].items()}
+        self.faults.rules = [FaultRule(**r) for r in d["faults"]["rules"]]
+        self.faults.down = {(a, b) for a, b in d["faults"]["down"]}
+        self.calls = Counter({tuple(k.split("|")): v for k, v in d["calls"].items()})  # type: ignore[misc]
+        self.effects = Counter({tuple(k.split("|")): v for k, v in d["effects"].items()})  # type: ignore[misc]
+        self.total_calls, self._next_snap, self._last_write = d["total_calls"], d["next_snap"], d["last_write"]
 
     # --- topology -----------------------------------------------------------------------------
 
@@ -259,20 +356,32 @@ class SimFabric:
     # --- calls, faults, effects ---------------------------------------------------------------
 
     async def enter(self, cluster_id: str, port: str, method: str) -> None:
-        """Called first by every sim driver method: counts the call, applies faults, advances the world."""
+        """Called first by every sim driver method: counts the call, applies faults, advances the world.
+
+        With a state file the world stays locked until the method body (synchronous after this
+        returns) has changed it; the save is scheduled for the next loop iteration.
+        """
+        self._commit()
+        self._acquire()
         self.calls[(cluster_id, port, method)] += 1
         self.total_calls += 1
         count = self.calls[(cluster_id, port, method)]
+        fault: FaultRule | None = None
         if (cluster_id, port) in self.faults.down:
-            raise DriverUnavailable(f"{port} of {cluster_id} is down", port=port, operation=method)
+            fault = FaultRule(port=port, method=method, kind="unavailable", message=f"{port} of {cluster_id} is down")
         for rule in self.faults.rules:
-            if rule.matches(cluster_id, port, method, count, self.total_calls):
-                if rule.kind == "hang":
-                    await asyncio.Event().wait()  # until the caller's timeout cancels us
-                if rule.kind == "unavailable":
-                    raise DriverUnavailable(rule.message, port=port, operation=method)
-                raise DriverError(rule.message, port=port, operation=method, cluster_id=cluster_id)
+            if fault is None and rule.matches(cluster_id, port, method, count, self.total_calls):
+                fault = rule
+        if fault is not None:
+            self._commit()  # never hang or fail while holding the shared world
+            if fault.kind == "hang":
+                await asyncio.Event().wait()  # until the caller's timeout cancels us
+            if fault.kind == "unavailable":
+                raise DriverUnavailable(fault.message, port=port, operation=method, cluster_id=cluster_id)
+            raise DriverError(fault.message, port=port, operation=method, cluster_id=cluster_id)
         self.tick()
+        if self._lock_fd is not None:
+            asyncio.get_running_loop().call_soon(self._commit)
 
     def effect(self, cluster_id: str, port: str, action: str, key: str) -> None:
         """Record a state change (not a call): used to prove each side effect happened once."""
@@ -308,8 +417,9 @@ class SimFabric:
         img = self.images[image]
         side = img.sides[origin]
         delta = img.written_mb_since_snapshot if img.snapshots else float(img.size_mb)
-        snap = SimSnapshot(id=next(self._snap_ids), origin=origin, created=self.clock.now(),
+        snap = SimSnapshot(id=self._next_snap, origin=origin, created=self.clock.now(),
                            data_version=side.data_version, demotion=demotion, delta_mb=delta)
+        self._next_snap += 1
         img.snapshots[snap.id] = snap
         side.snapshots.append(snap.id)
         img.written_mb_since_snapshot = 0.0
