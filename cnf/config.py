@@ -88,6 +88,21 @@ class ApiConfig(_Section):
     advertise_url: str = ""  # how peers reach this agent's REST API (for the proxy)
 
 
+class TlsConfig(_Section):
+    """mTLS between agents: ``dir`` holds ``ca.crt`` and ``<cluster_id>.crt/.key`` (``cnf-manage``)."""
+
+    dir: str = ""
+    allow_plaintext: bool = False  # development only: peers are then not authenticated
+
+
+class SimConfig(_Section):
+    """The ``sim`` drivers' world. ``state_file`` shares one world between agent processes (tests, demos)."""
+
+    state_file: str = ""
+    vms: int = Field(0, ge=0, le=1000)  # VMs to seed in this agent's sim cloud when it is created
+    replication_mbps: float = Field(400.0, gt=0)
+
+
 class TasksConfig(_Section):
     runner: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -107,6 +122,9 @@ class CNFConfig(BaseSettings):
     drivers: DriversConfig = Field(default_factory=DriversConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
+    state_dir: str = "/var/lib/cnf"  # small local state: the highest peer epoch seen
     #: embedded default: serve the demo's three sim clouds from this one agent
     embedded: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -60,7 +60,12 @@ async def serve(cfg: CNFConfig) -> None:
 
     agent = Agent(cfg)
     await agent.start()
-    app = create_app(agent.service)
+    middlewares = []
+    if cfg.raft.etcd_endpoints:
+        from cnf.api.proxy import master_proxy
+
+        middlewares.append(master_proxy(agent.service))
+    app = create_app(agent.service, middlewares=middlewares)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None,
                                            access_log=False, lifespan="off"))
     loop = asyncio.get_running_loop()

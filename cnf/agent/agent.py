@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from cnf.errors import CNFError, ConfigError
 from cnf.migration.engine import EngineSettings, MigrationEngine
 from cnf.migration.model import MigrationEvent, MigrationRecord
 from cnf.observability.logs import migration_log_context
-from cnf.ports import ClusterDrivers, StaticDirectory
+from cnf.ports import ClusterDrivers, DriverDirectory, StaticDirectory
 from cnf.sim.demo import DEMO_CLUSTERS, demo_fabric, sim_drivers
 from cnf.sim.fabric import SimFabric
 from cnf.tasks.runner import InProcessRunner
@@ -72,7 +73,11 @@ class Agent:
         self.service: FederationService
         self.runner: InProcessRunner
         self.election: Election
-        self.directory: StaticDirectory
+        self.directory: DriverDirectory
+        self.peer_server: Any = None
+        self._tls: Any = None
+        self._known_clusters: set[str] = {config.cluster_id}
+        self._attached: set[str] = set()
 
     # --- wiring ----------------------------------------------------------------------------------
 
@@ -85,28 +90,76 @@ class Agent:
         return url
 
     def _own_drivers(self) -> ClusterDrivers:
-        """This agent's cloud: sim ports live in a private sim world; real ports come from their drivers."""
+        """This agent's cloud: sim ports live in the sim world (private, or shared through ``sim.state_file``)."""
         d = self.config.drivers
         if {d.cloud, d.storage, d.bgp, d.hypervisor} != {"sim"}:
             raise ConfigError("real drivers are wired per port by their own issues; this build supports 'sim' "
                               "for every port", key="drivers")
         if self.fabric is None:
-            self.fabric = SimFabric(clock=self.clock)
-        if self.config.cluster_id not in self.fabric.clusters:
-            n = len(self.fabric.clusters) + 1
-            self.fabric.add_cluster(self.config.cluster_id, name=self.config.cluster_name,
-                                    as_number=self.config.bgp.as_number,
-                                    next_hop=self.config.bgp.next_hop or f"192.0.2.{n}")
-            for h in (1, 2):
-                self.fabric.add_host(self.config.cluster_id, f"compute-{h}.{self.config.cluster_name}")
-        return sim_drivers(self.fabric, self.config.cluster_id)
+            self.fabric = SimFabric(clock=self.clock, state_file=self.config.sim.state_file or None)
+        self.fabric.replication_mbps = self.config.sim.replication_mbps
+        cid, name = self.config.cluster_id, self.config.cluster_name
+        with self.fabric.transaction() as world:
+            if cid not in world.clusters:
+                n = len(world.clusters) + 1
+                world.add_cluster(cid, name=name, as_number=self.config.bgp.as_number,
+                                  next_hop=self.config.bgp.next_hop or f"192.0.2.{n}")
+                for h in (1, 2):
+                    world.add_host(cid, f"compute-{h}.{name}")
+                for v in range(1, self.config.sim.vms + 1):
+                    vm_id = str(uuid.uuid5(uuid.UUID(cid), f"vm-{v}"))
+                    world.add_vm(cid, vm_id, name=f"{name}-vm-{v}", host=f"compute-{1 + v % 2}.{name}",
+                                 flavor="m1.small", ip=f"10.99.{n}.{10 + v}", cpu_pct=15.0 + 5 * v)
+        return sim_drivers(self.fabric, cid)
 
-    def _build_directory(self) -> StaticDirectory:
+    def _build_directory(self) -> DriverDirectory:
         if self.config.embedded:
             if self.fabric is None:
                 self.fabric = demo_fabric(self.clock)
             return StaticDirectory({cid: sim_drivers(self.fabric, cid) for cid in self.fabric.clusters})
-        return StaticDirectory({self.config.cluster_id: self._own_drivers()})
+        own = self._own_drivers()
+        tls_cfg = self.config.tls
+        if not tls_cfg.dir and not tls_cfg.allow_plaintext:
+            return StaticDirectory({self.config.cluster_id: own})  # a cloud alone: no peers to reach
+        from cnf.grpc.directory import PeerDirectory
+        from cnf.grpc.epoch import FileEpochStore
+        from cnf.grpc.server import PeerServer
+        from cnf.grpc.tls import TlsFiles
+
+        tls = TlsFiles.in_dir(tls_cfg.dir, self.config.cluster_id) if tls_cfg.dir else None
+        Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
+        self.peer_server = PeerServer(own, listen=self.config.cluster_grpc_addr, tls=tls,
+                                      known_peers=lambda: self._known_clusters,
+                                      epoch_store=FileEpochStore(Path(self.config.state_dir) / "peer-epoch"),
+                                      allow_plaintext=tls_cfg.allow_plaintext)
+        self._tls = tls
+        return PeerDirectory(local_cluster_id=self.config.cluster_id, tls=tls, epoch_provider=self._acting_epoch,
+                             local=own, allow_plaintext=tls_cfg.allow_plaintext)
+
+    async def _attach_peer(self, cluster_id: str, grpc_addr: str) -> bool:
+        """Reach another cloud through its agent (CNFPeer); learns its AS and next hop from ``Describe``."""
+        from cnf.grpc.directory import PeerDirectory
+        from cnf.grpc.peer_client import PeerConnection, connect_drivers
+
+        if not isinstance(self.directory, PeerDirectory) or cluster_id == self.config.cluster_id:
+            return False
+        if cluster_id in self._attached:
+            return True
+        conn = PeerConnection(grpc_addr, peer_cluster_id=cluster_id, local_cluster_id=self.config.cluster_id,
+                              tls=self._tls, epoch_provider=self._acting_epoch,
+                              allow_plaintext=self.config.tls.allow_plaintext)
+        try:
+            probe = await connect_drivers(conn)
+        except CNFError as e:
+            log.warning("peer_unreachable", peer=cluster_id, address=grpc_addr, error=e.message)
+            return False
+        finally:
+            await conn.close()
+        self.directory.register(cluster_id, grpc_addr, as_number=probe.bgp.as_number,
+                                default_next_hop=probe.bgp.default_next_hop)
+        self._attached.add(cluster_id)
+        log.info("peer_attached", peer=cluster_id, address=grpc_addr)
+        return True
 
     def _build_election(self) -> Election:
         address = self.config.api.advertise_url or f"http://127.0.0.1:{self.config.api.port}"
@@ -130,6 +183,9 @@ class Agent:
                                          directory=self.directory, election=self.election, clock=self.clock)
         self.service.on_register = self._on_register
         await self.runner.start()
+        if self.peer_server is not None:
+            await self.peer_server.start()
+        self._loops.append(asyncio.create_task(self._periodic_membership()))
         self.election.on_change(self._on_master_change)
         await self.election.start()
         if self.election.is_master():
@@ -143,6 +199,11 @@ class Agent:
         await self.runner.stop()
         with contextlib.suppress(Exception):
             await self.election.stop()
+        if self.peer_server is not None:
+            await self.peer_server.stop()
+        close = getattr(self.directory, "close", None)
+        if close is not None:
+            await close()
         await self.store.close()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -168,10 +229,18 @@ class Agent:
             self._master_tasks_started = False
             return
         log.info("decision", decision="master_duties", reason="elected master", epoch=epoch)
-        await self.store.record_master(epoch, self.config.cluster_id)
-        await self._register_known_clusters(epoch)
-        await self.service.sync_inventory()
-        resumed = await self.runner.resume_unfinished()
+        try:
+            await self.store.record_master(epoch, self.config.cluster_id)
+            await self._register_known_clusters(epoch)
+            await self.service.sync_inventory()
+            resumed = await self.runner.resume_unfinished()
+        except Exception as e:  # the database is briefly away, or we were fenced: retry while still master
+            self._master_tasks_started = False
+            log.warning("decision", decision="master_duties_deferred", reason=repr(e))
+            await asyncio.sleep(1.0)
+            if self.election.is_master():
+                self._loops.append(asyncio.create_task(self._become_master()))
+            return
         if resumed:
             log.info("decision", decision="resume_migrations", reason="unfinished migrations found at takeover",
                      migrations=resumed)
@@ -196,23 +265,43 @@ class Agent:
             await asyncio.sleep(every_s)
             try:
                 if self.fabric is not None:
-                    self.fabric.drift_load()
+                    with self.fabric.transaction() as world:
+                        world.drift_load()
                 await self.service.sync_inventory()
             except CNFError as e:
                 log.warning("inventory_sync_failed", error=e.message)
 
+    async def _periodic_membership(self, every_s: float = 1.0) -> None:
+        """Every agent: learn the federation's cluster ids (who may call us); the master attaches to peers."""
+        while True:
+            try:
+                rows = await self.store.list_clusters()
+                self._known_clusters = {r.id for r in rows} | {self.config.cluster_id}
+                if self.election.is_master():
+                    for r in rows:
+                        if r.grpc_addr and r.id not in self._attached and r.id != self.config.cluster_id:
+                            await self._attach_peer(r.id, r.grpc_addr)
+            except Exception as e:  # the database or a peer is briefly away: try again next round
+                log.warning("membership_refresh_failed", error=repr(e))
+            await asyncio.sleep(every_s)
+
     async def _on_register(self, *, cluster_id: str, name: str, auth_url: str, bgp_as: int,
-                           credentials: dict[str, Any]) -> str:
-        """A new cluster: in the embedded default ``sim://`` URLs create a sim cloud; others wait for their agent."""
-        if auth_url.startswith("sim://") and self.fabric is not None:
-            if cluster_id not in self.fabric.clusters:
-                n = len(self.fabric.clusters) + 1
-                self.fabric.add_cluster(cluster_id, name=name, as_number=bgp_as, next_hop=f"192.0.2.{n}")
-                for h in (1, 2):
-                    self.fabric.add_host(cluster_id, f"compute-{h}.{name}")
-            self.directory.add(sim_drivers(self.fabric, cluster_id))
+                           credentials: dict[str, Any], grpc_addr: str = "") -> str:
+        """A new cluster. Embedded default: ``sim://`` URLs create a sim cloud. Federation: reach its agent."""
+        if self.config.embedded and auth_url.startswith("sim://") and self.fabric is not None:
+            with self.fabric.transaction() as world:
+                if cluster_id not in world.clusters:
+                    n = len(world.clusters) + 1
+                    world.add_cluster(cluster_id, name=name, as_number=bgp_as, next_hop=f"192.0.2.{n}")
+                    for h in (1, 2):
+                        world.add_host(cluster_id, f"compute-{h}.{name}")
+            if isinstance(self.directory, StaticDirectory):
+                self.directory.add(sim_drivers(self.fabric, cluster_id))
             return "active"
-        return "pending"
+        self._known_clusters.add(cluster_id)
+        if grpc_addr and await self._attach_peer(cluster_id, grpc_addr):
+            return "active"
+        return "unreachable"
 
     # --- observation -----------------------------------------------------------------------------
 

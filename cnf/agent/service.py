@@ -112,12 +112,15 @@ class FederationService:
         status = "active"
         if self.on_register is not None:
             status = await self.on_register(cluster_id=cid, name=name, auth_url=auth_url, bgp_as=bgp_as,
-                                             credentials=credentials or {})
+                                             credentials=credentials or {}, grpc_addr=grpc_addr)
         row = await self.store.upsert_cluster(self.epoch(), id=cid, name=name, auth_url=auth_url,
                                               grpc_addr=grpc_addr, bgp_as=bgp_as, region=region, api_url=api_url,
                                               credentials=credentials or {}, status=status)
         if status == "active":
             await self.sync_inventory(only=cid)
+        elif status == "unreachable":
+            log.warning("cluster_registered_unreachable", cluster_id=cid, grpc_addr=grpc_addr,
+                        reason="its agent did not answer; the master keeps trying")
         return self.cluster_view(row, 0)
 
     # --- inventory -------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # several agents start at once against one database: one upgrades, the others wait and find it done
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7302115)")
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
@@ -38,6 +41,7 @@ async def _online() -> None:
     engine = make_engine(_url())
     async with engine.connect() as conn:
         await conn.run_sync(_run)
+        await conn.commit()  # the advisory lock's transaction (PostgreSQL) ends here, with the migrations
     await engine.dispose()
 
 
