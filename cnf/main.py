@@ -58,7 +58,7 @@ async def serve(cfg: CNFConfig) -> None:
     from cnf.agent.agent import Agent
     from cnf.api.app import create_app
 
-    agent = Agent(cfg)
+    agent = Agent(cfg, install_global_tracing=True)
     await agent.start()
     middlewares = []
     if cfg.raft.etcd_endpoints:

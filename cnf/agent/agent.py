@@ -32,7 +32,11 @@ from cnf.db.store import FederationStore, make_engine
 from cnf.errors import CNFError, ConfigError
 from cnf.migration.engine import EngineSettings, MigrationEngine
 from cnf.migration.model import MigrationEvent, MigrationRecord
+from cnf import __version__
 from cnf.observability.logs import migration_log_context
+from cnf.observability.metrics import CNFMetrics
+from cnf.observability.telemetry import MigrationTelemetry
+from cnf.observability.tracing import configure_tracing
 from cnf.ports import ClusterDrivers, DriverDirectory, StaticDirectory
 from cnf.sim.demo import DEMO_CLUSTERS, demo_fabric, sim_drivers
 from cnf.sim.fabric import SimFabric
@@ -61,8 +65,9 @@ def upgrade_schema(url: str, revision: str = "head") -> None:
 
 class Agent:
     def __init__(self, config: CNFConfig, *, clock: Clock | None = None, fabric: SimFabric | None = None,
-                 engine_settings: EngineSettings | None = None) -> None:
+                 engine_settings: EngineSettings | None = None, install_global_tracing: bool = False) -> None:
         self.config = config
+        self.install_global_tracing = install_global_tracing
         self.clock = clock or SystemClock()
         self.fabric = fabric
         self.engine_settings = engine_settings
@@ -178,10 +183,17 @@ class Agent:
         self.directory = self._build_directory()
         self.election = self._build_election()
         engine = MigrationEngine(self.directory, self.clock, self.engine_settings)
-        self.runner = InProcessRunner(self.store, engine, self.clock, self._acting_epoch, observers=[self._observe])
+        self.metrics = CNFMetrics(cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name,
+                                  version=__version__)
+        self.tracing = configure_tracing(cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name,
+                                         install_global=self.install_global_tracing)
+        self.telemetry = MigrationTelemetry(self.metrics, self.tracing, log_lifecycle=False)
+        self.runner = InProcessRunner(self.store, engine, self.clock, self._acting_epoch,
+                                      observers=[self._observe, self.telemetry.observe])
         self.service = FederationService(config=self.config, store=self.store, engine=engine, runner=self.runner,
                                          directory=self.directory, election=self.election, clock=self.clock)
         self.service.on_register = self._on_register
+        self.service.metrics = self.metrics
         await self.runner.start()
         if self.peer_server is not None:
             await self.peer_server.start()
@@ -205,6 +217,7 @@ class Agent:
         if close is not None:
             await close()
         await self.store.close()
+        self.tracing.shutdown()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -214,6 +227,10 @@ class Agent:
     # --- master duties ---------------------------------------------------------------------------
 
     def _on_master_change(self, info: MasterInfo | None) -> None:
+        mine = info is not None and info.cluster_id == self.config.cluster_id
+        self.metrics.set_master(mine, info.epoch if info is not None else 0)
+        if not mine:
+            self.telemetry.reset_in_flight()
         if info is not None and info.cluster_id == self.config.cluster_id and not self._master_tasks_started:
             self._loops.append(asyncio.create_task(self._become_master()))
         elif (info is None or info.cluster_id != self.config.cluster_id) and self._master_tasks_started:

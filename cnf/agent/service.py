@@ -53,6 +53,8 @@ class FederationService:
         self.clock = clock
         #: set by the agent: registers a new cluster's drivers (sim clouds in the embedded default)
         self.on_register: Any = None
+        #: set by the agent: ``cnf.observability.metrics.CNFMetrics`` (None in bare tests)
+        self.metrics: Any = None
 
     # --- fencing ---------------------------------------------------------------------------------
 

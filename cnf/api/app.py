@@ -42,6 +42,10 @@ def create_app(service: FederationService, *, middlewares: list[Middleware] | No
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "cluster_id": service.config.cluster_id, "is_master": service.election.is_master()}
 
+    metrics = getattr(service, "metrics", None)
+    if metrics is not None:
+        app.add_route("/metrics", metrics.starlette_endpoint(), include_in_schema=False)
+
     for mw in middlewares or []:
         app.middleware("http")(mw)
     if extra_routes is not None:

@@ -209,3 +209,17 @@ async def test_openapi_is_served(api: httpx.AsyncClient) -> None:
               "/v1/migrations/{migration_id}", "/v1/migrations/{migration_id}/abort", "/v1/master",
               "/v1/master/elect", "/v1/policies", "/v1/policies/{name}"):
         assert p in paths, p
+
+
+async def test_metrics_are_served_and_count_the_migration(api: httpx.AsyncClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    vm = await first_vm(api)
+    r = await api.post(f"/v1/vms/{vm['id']}/live-migrate", json={"dest_cluster_id": C2})
+    await wait_terminal(api, r.headers["location"])
+    text = (await api.get("/metrics")).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("cnf_migrations_completed_total", (("kind", "live"),))] == 1
+    assert samples[("cnf_agent_is_master", ())] == 1
+    assert any(name == "cnf_migration_guest_pause_seconds_count" and v == 1 for (name, _), v in samples.items())

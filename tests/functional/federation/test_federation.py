@@ -131,29 +131,3 @@ def test_paused_master_is_fenced_and_steps_down(federation: Federation) -> None:
     events = master.log_events()
     assert any(e.get("event") == "decision" and "master" in str(e.get("decision", "")) for e in events)
     assert fed.master()["epoch"] == new["epoch"]  # type: ignore[index]
-
-
-def test_no_master_means_503_with_retry_after(federation: Federation) -> None:
-    fed = federation
-    master = fed.master_agent()
-    register_all(fed, via=master)
-    for a in fed.agents:
-        if a is not master:
-            a.kill()
-    master.kill()
-    # nobody left: start one worker against a dead etcd majority is not possible here; instead check a
-    # worker's answer while the master key is gone: kill the etcd quorum briefly
-    survivor = fed.agents[0]
-    survivor.start()
-    fed.etcd.kill_member("e1")
-    fed.etcd.kill_member("e2")
-    try:
-        def answer() -> httpx.Response | None:
-            r = httpx.get(f"{survivor.url}/v1/clusters", timeout=5)
-            return r if r.status_code == 503 else None
-
-        r = fed.wait(answer, 90, "503 from an agent without a master")
-        assert r.headers.get("retry-after") and r.json()["code"] in ("no_master", "not_master")
-    finally:
-        fed.etcd.restart_member("e1")
-        fed.etcd.restart_member("e2")
