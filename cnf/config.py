@@ -103,9 +103,24 @@ class SimConfig(_Section):
     replication_mbps: float = Field(400.0, gt=0)
 
 
+class SchedulerConfig(_Section):
+    interval_s: float = Field(30.0, ge=1.0, le=3600.0)  # how often the master evaluates the policies
+
+
 class TasksConfig(_Section):
+    """Durable work (``docs/durable-work.md``): who drives migrations, and the Celery runner's knobs."""
+
     runner: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    #: one engine action (one step's check/do/poll) may not run longer (Celery soft limit; hard = +5 s)
+    step_time_limit_s: float = Field(60.0, gt=0)
+    #: the DB lease on a migration row; renewed every third of it while a worker acts
+    lease_ttl_s: float = Field(10.0, ge=1.0)
+    #: the master re-enqueues an unfinished migration nobody has heart-beaten for this long
+    reconcile_stale_s: float = Field(15.0, ge=1.0)
+    reconcile_every_s: float = Field(3.0, gt=0)
+    #: Redis redelivers an unacknowledged task after this long (a killed worker's task comes back)
+    visibility_timeout_s: float = Field(60.0, ge=1.0)
 
 
 class CNFConfig(BaseSettings):
@@ -123,6 +138,7 @@ class CNFConfig(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
     state_dir: str = "/var/lib/cnf"  # small local state: the highest peer epoch seen
     #: embedded default: serve the demo's three sim clouds from this one agent

@@ -9,6 +9,7 @@ Exit code 0 only if both migrations complete and the VMs are where they should b
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -100,20 +101,35 @@ def migrate(client: httpx.Client, kind: str, vm: dict[str, Any], dest: str, name
     return m
 
 
-def policy_step(client: httpx.Client, names: dict[str, str], fabric_hint: str) -> None:
-    """Raise load in one cloud through the demo's sim control and let a policy move a VM."""
-    r = client.put("/v1/policies/rebalance-cpu", json={"rule": {
-        "trigger": "cluster.cpu_pct > 60", "action": "live_migrate", "target": "least_loaded", "mode": "auto"}})
+def policy_step(client: httpx.Client, names: dict[str, str], hot: str) -> dict[str, Any] | None:
+    """Raise load in one sim cloud, let the policy propose a move, approve it, and follow the migration."""
+
+    def named(text: str) -> str:
+        for cid, name in names.items():
+            text = text.replace(cid, name)
+        return text
+
+    rule = {"trigger": "cluster.cpu_pct > 60", "action": "live_migrate", "target": "least_loaded", "mode": "plan",
+            "caps": {"per_cluster": 1, "per_federation": 1}}
+    r = client.put("/v1/policies/rebalance-cpu", json={"rule": rule})
     if r.status_code != 200:
-        print(f"\n(policy step skipped: {r.status_code} {r.json().get('detail')})")
-        return
-    print("\n==> policy rebalance-cpu: trigger cluster.cpu_pct > 60 -> live_migrate to least_loaded")
-    ev = client.post("/v1/policies/rebalance-cpu/evaluate")
-    if ev.status_code != 200:
-        print(f"    (evaluate not available: {ev.status_code})")
-        return
-    plan = ev.json()
-    print(f"    plan: {len(plan.get('moves', []))} move(s)")
+        sys.exit(f"demo: policy set refused: {r.status_code} {r.json().get('detail')}")
+    print(f"\n==> policy rebalance-cpu: {json.dumps(rule)}")
+    load = client.post(f"/v1/sim/clusters/{hot}/load", json={"cpu_pct_bias": 60}).json()
+    print(f"    load raised in {names[hot]} (sim): cluster CPU now {load['cpu_pct']:.0f}%")
+    plan = client.post("/v1/policies/rebalance-cpu/evaluate").json()
+    if not plan["moves"]:
+        sys.exit(f"demo: the policy proposed nothing:\n{named(plan['text'])}")
+    print("    plan (openstack cnf policy evaluate rebalance-cpu):")
+    for line in named(plan["text"]).splitlines():
+        print(f"      {line}")
+    approved = client.post("/v1/policies/rebalance-cpu/approve").json()["migrations"]
+    mig = approved[0]
+    print(f"    approved: live-migrating {mig['vm_id']} to {names[mig['target_cluster']]}")
+    m = follow(client, f"/v1/migrations/{mig['migration_id']}", names)
+    print(f"    => {m['state']} in {m['duration_s']:.2f} s; guest pause {m['downtime']['guest_pause_ms']} ms")
+    client.post(f"/v1/sim/clusters/{hot}/load", json={"cpu_pct_bias": 0})
+    return m if m["state"] == "completed" else None
 
 
 def main() -> int:
@@ -150,7 +166,8 @@ def main() -> int:
                 where = names.get(now["cluster_id"], now["cluster_id"])
                 print(f"    {vm['name']:<8} {vm['ip']:<12} now in {where} on {now['host']} ({now['status']})")
                 ok = ok and now["cluster_id"] == dest
-            policy_step(client, names, "")
+            moved = policy_step(client, names, ids[0])
+            ok = ok and moved is not None
             print("\n==> do it again by hand (python-openstackclient plugin, no Keystone on the embedded default):")
             base = f"openstack --os-auth-type none --os-endpoint http://127.0.0.1:{port}"
             print(f"    {base} cnf vm list")

@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,6 +41,9 @@ from cnf.ports import ClusterDrivers, DriverDirectory, StaticDirectory
 from cnf.sim.demo import DEMO_CLUSTERS, demo_fabric, sim_drivers
 from cnf.sim.fabric import SimFabric
 from cnf.tasks.runner import InProcessRunner
+
+if TYPE_CHECKING:
+    from cnf.tasks.celery_runner import CeleryRunner
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +79,7 @@ class Agent:
         self._master_tasks_started = False
         self.store: FederationStore
         self.service: FederationService
-        self.runner: InProcessRunner
+        self.runner: InProcessRunner | CeleryRunner
         self.election: Election
         self.directory: DriverDirectory
         self.peer_server: Any = None
@@ -117,10 +120,21 @@ class Agent:
                                  flavor="m1.small", ip=f"10.99.{n}.{10 + v}", cpu_pct=15.0 + 5 * v)
         return sim_drivers(self.fabric, cid)
 
+    def _embedded_world(self) -> SimFabric:
+        """The demo world; with ``sim.state_file`` a shared one (Celery workers act on it), seeded if empty."""
+        if not self.config.sim.state_file:
+            return demo_fabric(self.clock)
+        fabric = SimFabric(clock=self.clock, state_file=self.config.sim.state_file)
+        fabric.replication_mbps = self.config.sim.replication_mbps
+        with fabric.transaction() as world:
+            if not world.clusters:
+                world._load(demo_fabric(self.clock)._dump())  # seed under the lock: first process wins
+        return fabric
+
     def _build_directory(self) -> DriverDirectory:
         if self.config.embedded:
             if self.fabric is None:
-                self.fabric = demo_fabric(self.clock)
+                self.fabric = self._embedded_world()
             return StaticDirectory({cid: sim_drivers(self.fabric, cid) for cid in self.fabric.clusters})
         own = self._own_drivers()
         tls_cfg = self.config.tls
@@ -188,12 +202,22 @@ class Agent:
         self.tracing = configure_tracing(cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name,
                                          install_global=self.install_global_tracing)
         self.telemetry = MigrationTelemetry(self.metrics, self.tracing, log_lifecycle=False)
-        self.runner = InProcessRunner(self.store, engine, self.clock, self._acting_epoch,
-                                      observers=[self._observe, self.telemetry.observe])
+        if self.config.tasks.runner == "celery":  # workers (cnf-worker) drive; the master reconciles
+            from cnf.tasks.celery_runner import CeleryRunner
+
+            self.runner = CeleryRunner(self.store, self.config, self._acting_epoch)
+        else:
+            self.runner = InProcessRunner(self.store, engine, self.clock, self._acting_epoch,
+                                          observers=[self._observe, self.telemetry.observe])
         self.service = FederationService(config=self.config, store=self.store, engine=engine, runner=self.runner,
                                          directory=self.directory, election=self.election, clock=self.clock)
         self.service.on_register = self._on_register
         self.service.metrics = self.metrics
+        self.service.fabric = self.fabric
+        from cnf.agent.policy_loop import PolicyLoop
+
+        self.policy_loop = PolicyLoop(self.service, interval_s=self.config.scheduler.interval_s)
+        self.service.policy_loop = self.policy_loop
         await self.runner.start()
         if self.peer_server is not None:
             await self.peer_server.start()
@@ -262,6 +286,7 @@ class Agent:
             log.info("decision", decision="resume_migrations", reason="unfinished migrations found at takeover",
                      migrations=resumed)
         self._loops.append(asyncio.create_task(self._periodic_inventory()))
+        self._loops.append(asyncio.create_task(self.policy_loop.run()))
 
     async def _register_known_clusters(self, epoch: int) -> None:
         known = {c.id for c in await self.store.list_clusters()}

@@ -55,6 +55,9 @@ class FederationService:
         self.on_register: Any = None
         #: set by the agent: ``cnf.observability.metrics.CNFMetrics`` (None in bare tests)
         self.metrics: Any = None
+        #: set by the agent: the master's ``PolicyLoop`` and, on the embedded default, the sim world
+        self.policy_loop: Any = None
+        self.fabric: Any = None
 
     # --- fencing ---------------------------------------------------------------------------------
 

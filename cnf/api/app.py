@@ -42,6 +42,10 @@ def create_app(service: FederationService, *, middlewares: list[Middleware] | No
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "cluster_id": service.config.cluster_id, "is_master": service.election.is_master()}
 
+    if getattr(service, "fabric", None) is not None and service.config.embedded:
+        from cnf.api.v1 import sim
+
+        app.include_router(sim.router, prefix="/v1")
     metrics = getattr(service, "metrics", None)
     if metrics is not None:
         app.add_route("/metrics", metrics.starlette_endpoint(), include_in_schema=False)

@@ -97,3 +97,11 @@ class PolicyBody(_Strict):
     rule: dict[str, Any] = Field(..., description='e.g. {"trigger":"cpu_pct>80","action":"live_migrate",'
                                  '"target":"least_loaded"}')
     enabled: bool = True
+
+
+class ApproveBody(_Strict):
+    vm_ids: list[str] | None = Field(None, description="approve only these VMs' moves (default: all of the plan)")
+
+
+class SimLoadBody(_Strict):
+    cpu_pct_bias: float = Field(..., ge=-100, le=100, description="CPU percentage points added to every VM")

@@ -57,7 +57,7 @@ class SimCloud:
             load = sum(s.vcpus * (min(100.0, s.cpu_pct + c.load_bias)) for s in active) / max(1, h.vcpus)
             out.append(Host(name=h.name, vcpus=h.vcpus, ram_mb=h.ram_mb, vcpus_used=used,
                             ram_mb_used=sum(s.ram_mb for s in on_host), cpu_model=h.cpu_model,
-                            cpu_pct=min(100.0, h.base_cpu_pct + load)))
+                            cpu_pct=min(100.0, max(0.0, h.base_cpu_pct + load + c.load_bias))))
         return out
 
     async def list_flavors(self) -> list[Flavor]:

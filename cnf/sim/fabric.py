@@ -201,7 +201,7 @@ class SimCluster:
     domains: dict[str, SimDomain] = field(default_factory=dict)
     flavors: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (vcpus, ram_mb)
     routes: dict[str, str] = field(default_factory=dict)  # prefix -> next hop, originated here
-    load_bias: float = 0.0  # extra CPU % (the demo raises it to make a policy fire)
+    load_bias: float = 0.0  # extra CPU % on every host and VM (the demo raises it to make a policy fire)
 
 
 class SimFabric:

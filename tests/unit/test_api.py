@@ -223,3 +223,26 @@ async def test_metrics_are_served_and_count_the_migration(api: httpx.AsyncClient
     assert samples[("cnf_migrations_completed_total", (("kind", "live"),))] == 1
     assert samples[("cnf_agent_is_master", ())] == 1
     assert any(name == "cnf_migration_guest_pause_seconds_count" and v == 1 for (name, _), v in samples.items())
+
+
+async def test_policy_evaluate_plan_and_approve_moves_a_vm(api: httpx.AsyncClient) -> None:
+    rule = {"trigger": "cluster.cpu_pct > 60", "action": "live_migrate", "target": "least_loaded", "mode": "plan",
+            "caps": {"per_cluster": 1, "per_federation": 1}}
+    assert (await api.put("/v1/policies/hot", json={"rule": rule})).status_code == 200
+    calm = (await api.post("/v1/policies/hot/evaluate")).json()
+    assert calm["moves"] == []  # nothing is hot yet
+    load = await api.post("/v1/sim/clusters/openstack-1/load", json={"cpu_pct_bias": 60})
+    assert load.status_code == 200 and load.json()["cpu_pct"] > 60
+    plan = (await api.post("/v1/policies/hot/evaluate")).json()
+    assert len(plan["moves"]) == 1
+    move = plan["moves"][0]
+    assert move["source_cluster"] == C1 and move["target_cluster"] in (C2, C3) and "cluster.cpu_pct" in move["why"]
+    assert (await api.get("/v1/migrations")).json()["migrations"] == []  # evaluate is a dry run
+    approved = (await api.post("/v1/policies/hot/approve")).json()["migrations"]
+    assert [m["vm_id"] for m in approved] == [move["vm_id"]]
+    m = await wait_terminal(api, f"/v1/migrations/{approved[0]['migration_id']}")
+    assert m["state"] == "completed"
+    assert_problem(await api.post("/v1/policies/hot/approve"), 404)  # the plan was consumed
+    assert_problem(await api.post("/v1/policies/ghost/evaluate"), 404)
+    assert_problem(await api.post("/v1/sim/clusters/openstack-1/load", json={"cpu_pct_bias": 500}), 422,
+                   "cpu_pct_bias")

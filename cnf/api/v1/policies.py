@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from cnf.agent.service import FederationService
 from cnf.api.deps import require_admin, require_reader, service
-from cnf.api.schemas import PolicyBody
+from cnf.api.schemas import ApproveBody, PolicyBody
 from cnf.db.models import PolicyRow
-from cnf.errors import InvalidInput
+from cnf.errors import InvalidInput, NotFound
 from cnf.scheduler.rules import parse_rule
 
 router = APIRouter(prefix="/policies", tags=["policies"])
@@ -48,3 +48,25 @@ async def set_policy(body: PolicyBody, name: str = Path(..., max_length=128),
 async def delete_policy(name: str, svc: FederationService = Depends(service)) -> Response:
     await svc.store.delete_policy(svc.epoch(), name)
     return Response(status_code=204)
+
+
+def _loop(svc: FederationService) -> Any:
+    loop = getattr(svc, "policy_loop", None)
+    if loop is None:
+        raise NotFound("the policy scheduler does not run on this agent")
+    return loop
+
+
+@router.post("/{name}/evaluate", dependencies=[Depends(require_reader)])
+async def evaluate_policy(name: str, svc: FederationService = Depends(service)) -> dict[str, Any]:
+    """Dry run: the plan this policy would produce now (moves with why, skips with reasons). Changes nothing."""
+    plan = await _loop(svc).evaluate(name)
+    return {"policy": name, **plan.to_dict(), "text": plan.render()}
+
+
+@router.post("/{name}/approve", status_code=202, dependencies=[Depends(require_admin)])
+async def approve_policy(name: str, body: ApproveBody | None = None,
+                         svc: FederationService = Depends(service)) -> dict[str, Any]:
+    """Execute the moves of the last evaluated plan of a ``plan``-mode policy (optionally only some VMs)."""
+    started = await _loop(svc).approve(name, body.vm_ids if body else None)
+    return {"policy": name, "migrations": started}
