@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cnf import __version__
 from cnf.agent.raft import Election, MasterInfo, SingleNodeElection
 from cnf.agent.service import FederationService
 from cnf.clock import Clock, SystemClock
@@ -32,7 +33,6 @@ from cnf.db.store import FederationStore, make_engine
 from cnf.errors import CNFError, ConfigError
 from cnf.migration.engine import EngineSettings, MigrationEngine
 from cnf.migration.model import MigrationEvent, MigrationRecord
-from cnf import __version__
 from cnf.observability.logs import migration_log_context
 from cnf.observability.metrics import CNFMetrics
 from cnf.observability.telemetry import MigrationTelemetry
