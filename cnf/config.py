@@ -37,6 +37,8 @@ class CephConfig(_Section):
     mirror_mode: Literal["image", "pool"] = "image"
     conf: str = "/etc/ceph/ceph.conf"
     client_name: str = "admin"
+    keyring: str = ""
+    cluster_name: str = ""  # the Ceph cluster's name (default: cluster_name)
     mirror_lag_limit_s: float = Field(30.0, gt=0)
 
 
@@ -45,6 +47,7 @@ class BgpConfig(_Section):
     route_reflector_addr: str = ""
     next_hop: str = ""  # default next hop for this cloud's /32s ("" = router id)
     vtysh_pathspace: str = ""  # FRR instance (vtysh -N) when not the default one
+    observer_pathspace: str = ""  # FRR instance whose table shows what the rest of the fabric sees
 
 
 class RaftConfig(_Section):
@@ -103,6 +106,33 @@ class SimConfig(_Section):
     replication_mbps: float = Field(400.0, gt=0)
 
 
+class OpenStackConfig(_Section):
+    """This cloud's Keystone credentials for ``drivers.cloud: real`` (the agent's own cloud)."""
+
+    auth_url: str = ""
+    username: str = ""
+    password: str = Field("", repr=False)
+    project_name: str = ""
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    application_credential_id: str = ""
+    application_credential_secret: str = Field("", repr=False)
+    region_name: str = "RegionOne"
+    network: str = ""  # Neutron network of the receivers' ports ("" = no Neutron)
+
+
+class HypervisorConfig(_Section):
+    """How ``drivers.hypervisor: real`` starts QEMU (the same machine description on both sides)."""
+
+    runtime_dir: str = "/var/lib/cnf/qemu"
+    accel: str = "kvm"
+    kernel: str = ""
+    initrd: str = ""
+    append: str = "console=ttyS0 quiet"
+    disk_template: str = "rbd:vms/{image}:conf=/etc/ceph/ceph.conf"
+    listen_address: str = "127.0.0.1"
+
+
 class SchedulerConfig(_Section):
     interval_s: float = Field(30.0, ge=1.0, le=3600.0)  # how often the master evaluates the policies
 
@@ -139,6 +169,8 @@ class CNFConfig(BaseSettings):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    openstack: OpenStackConfig = Field(default_factory=OpenStackConfig)
+    hypervisor: HypervisorConfig = Field(default_factory=HypervisorConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
     state_dir: str = "/var/lib/cnf"  # small local state: the highest peer epoch seen
     #: embedded default: serve the demo's three sim clouds from this one agent

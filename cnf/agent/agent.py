@@ -30,7 +30,7 @@ from cnf.agent.service import FederationService
 from cnf.clock import Clock, SystemClock
 from cnf.config import CNFConfig
 from cnf.db.store import FederationStore, make_engine
-from cnf.errors import CNFError, ConfigError
+from cnf.errors import CNFError
 from cnf.migration.engine import EngineSettings, MigrationEngine
 from cnf.migration.model import MigrationEvent, MigrationRecord
 from cnf.observability.logs import migration_log_context
@@ -98,11 +98,8 @@ class Agent:
         return url
 
     def _own_drivers(self) -> ClusterDrivers:
-        """This agent's cloud: sim ports live in the sim world (private, or shared through ``sim.state_file``)."""
-        d = self.config.drivers
-        if {d.cloud, d.storage, d.bgp, d.hypervisor} != {"sim"}:
-            raise ConfigError("real drivers are wired per port by their own issues; this build supports 'sim' "
-                              "for every port", key="drivers")
+        """This agent's cloud: each port real or sim per ``drivers.*``; sim ports live in the sim world (private,
+        or shared through ``sim.state_file``)."""
         if self.fabric is None:
             self.fabric = SimFabric(clock=self.clock, state_file=self.config.sim.state_file or None)
         self.fabric.replication_mbps = self.config.sim.replication_mbps
@@ -118,7 +115,9 @@ class Agent:
                     vm_id = str(uuid.uuid5(uuid.UUID(cid), f"vm-{v}"))
                     world.add_vm(cid, vm_id, name=f"{name}-vm-{v}", host=f"compute-{1 + v % 2}.{name}",
                                  flavor="m1.small", ip=f"10.99.{n}.{10 + v}", cpu_pct=15.0 + 5 * v)
-        return sim_drivers(self.fabric, cid)
+        from cnf.agent.own_cloud import own_cloud_drivers
+
+        return own_cloud_drivers(self.config, self.clock, sim_drivers(self.fabric, cid))
 
     def _embedded_world(self) -> SimFabric:
         """The demo world; with ``sim.state_file`` a shared one (Celery workers act on it), seeded if empty."""
