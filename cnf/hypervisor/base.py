@@ -59,6 +59,18 @@ class MigrationProgress:
         return min(100.0, 100.0 * (self.total_bytes - self.remaining_bytes) / self.total_bytes)
 
 
+def guest_pause_ms(source: MigrationProgress, dest: MigrationProgress | None = None) -> float | None:
+    """Guest-visible pause of a completed migration: source STOP to destination RESUME (QEMU's event times).
+
+    Why not QEMU's ``downtime``: QEMU 7.2 reported 0 ms for some migrations whose guest was paused, and the
+    figure covers only QEMU's own switchover, not the storage handover done inside ``pre-switchover``.
+    """
+    resumed = dest.resumed_at if dest is not None and dest.resumed_at is not None else source.resumed_at
+    if source.stopped_at is None or resumed is None:
+        return None
+    return max(0.0, (resumed - source.stopped_at) * 1000.0)
+
+
 @dataclass(frozen=True)
 class Domain:
     vm_id: str

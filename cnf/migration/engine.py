@@ -150,7 +150,7 @@ class MigrationEngine:
                 raise StepTimeout(f"{step.name}: not done after {step.timeout_s:g} s", step=step.name)
             if step.on_wait is not None:
                 await self._timed(step.on_wait(sc))
-            out.delay_s = step.poll_s
+            out.delay_s = step.poll_fn(sc) if step.poll_fn is not None else step.poll_s
         except CNFError as e:
             await self._failed(rec, out, step, sr, e)
         except Exception as e:  # a bug or an untranslated library error: still never lose the VM

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cnf.errors import DriverError, NotConverging
-from cnf.hypervisor.base import MigrationParams
+from cnf.errors import DriverError, IllegalTransition, NotConverging
+from cnf.hypervisor.base import MigrationParams, guest_pause_ms
 from cnf.migration.model import MigrationKind, MigrationRecord, Phase
 from cnf.migration.preflight import run_preflight
 from cnf.openstack.base import ServerSpec
@@ -77,6 +77,7 @@ class Step:
     timeout_s: float = 120.0  # how long ``check`` may take to hold after ``do``
     poll_s: float = 0.5  # countdown between two checks
     on_wait: StepFn | None = None  # called at each unsuccessful poll (may act, idempotently)
+    poll_fn: Callable[[StepContext], float] | None = None  # adaptive countdown (overrides poll_s)
     max_attempts: int = 3  # ``do`` retries on retryable errors before giving up
 
 
@@ -175,6 +176,13 @@ async def demotion_arrived_check(sc: StepContext) -> bool:
 
 
 async def promote_do(sc: StepContext) -> None:
+    if sc.record.kind == MigrationKind.LIVE:
+        # The point of no return: never promote for a destination QEMU that is gone (it died in the pause);
+        # before the promote the source can still take everything back.
+        d = await sc.dst.hypervisor.domain(sc.vm_id)
+        if d is None or d.state not in ("incoming", "paused", "running"):
+            raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: not promoting",
+                                    vm_id=sc.vm_id)
     await sc.dst.storage.promote(sc.image)
 
 
@@ -232,6 +240,7 @@ def _params(sc: StepContext) -> MigrationParams:
 
 async def precopy_do(sc: StepContext) -> None:
     await sc.src.hypervisor.start_migration(sc.vm_id, str(sc.ctx["incoming_uri"]), _params(sc))
+    sc.ctx["precopy_started"] = True
 
 
 async def precopy_check(sc: StepContext) -> bool:
@@ -241,8 +250,10 @@ async def precopy_check(sc: StepContext) -> bool:
                           "remaining_bytes": p.remaining_bytes, "total_bytes": p.total_bytes, "passes": p.passes,
                           "dirty_rate_bps": round(p.dirty_rate_bps), "expected_downtime_ms":
                           round(p.expected_downtime_ms, 1), "eta_s": round(remaining_s, 2)}
-    if p.status == "failed":
-        raise DriverError(f"memory copy failed: {p.error or 'unknown reason'}", port="hypervisor")
+    if p.status in ("failed", "cancelled"):
+        if not sc.ctx.get("precopy_started"):
+            return False  # a previous migration's end state: this one has not started yet
+        raise DriverError(f"memory copy {p.status}: {p.error or 'unknown reason'}", port="hypervisor")
     return p.status in ("pre-switchover", "completed")
 
 
@@ -261,8 +272,8 @@ async def precopy_on_wait(sc: StepContext) -> None:
         return  # switching over or in post-copy: nothing left to escalate
     history = list(p.history)
     applied: list[str] = list(sc.ctx.get("convergence_actions", []))
-    if _converging(history[-(len(history) - int(sc.ctx.get("convergence_from_pass", 0))):] if applied else history):
-        return
+    if _converging(history[int(sc.ctx.get("convergence_from_pass", 0)):] if applied else history):
+        return  # (after an escalation only the passes since it count)
     policy = sc.record.options.non_convergence
     reason = (f"remaining {history[-1] // (1024 * 1024)} MiB after {p.passes} passes does not shrink: the guest "
               f"dirties {p.dirty_rate_bps / 1024 / 1024:.0f} MiB/s against "
@@ -282,6 +293,15 @@ async def precopy_on_wait(sc: StepContext) -> None:
     sc.note(f"non-convergence: applied {action}", reason=reason, policy=policy)
 
 
+def precopy_poll(sc: StepContext) -> float:
+    """Poll often only near the end: the switchover window is on the guest's clock, the copy before it is not.
+
+    Half the expected time to the end of the current pass, between 20 ms and 1 s.
+    """
+    p = sc.ctx.get("progress") or {}
+    return min(1.0, max(0.02, float(p.get("eta_s", 0.0)) / 2.0))
+
+
 async def precopy_undo(sc: StepContext) -> None:
     await sc.src.hypervisor.cancel_migration(sc.vm_id)
 
@@ -297,7 +317,11 @@ async def switchover_check(sc: StepContext) -> bool:
     p = await sc.src.hypervisor.progress(sc.vm_id)
     if p.downtime_ms is not None:
         sc.ctx["qemu_downtime_ms"] = round(p.downtime_ms, 1)
-        sc.ctx.setdefault("guest_pause_ms", round(p.downtime_ms, 1))
+    pause = guest_pause_ms(p, await sc.dst.hypervisor.progress(sc.vm_id))
+    if pause is None:
+        pause = p.downtime_ms
+    if pause is not None:
+        sc.ctx["guest_pause_ms"] = round(pause, 1)
     sc.ctx["switchover_at"] = sc.now()
     return True
 
@@ -394,8 +418,8 @@ LIVE_STEPS: tuple[Step, ...] = (
     Step("memory.create_receiver", Phase.MEMORY, create_receiver_do, create_receiver_check, create_receiver_undo),
     Step("memory.prepare_incoming", Phase.MEMORY, prepare_incoming_do, prepare_incoming_check,
          prepare_incoming_undo),
-    Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.05,
-         on_wait=precopy_on_wait),
+    Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.02,
+         on_wait=precopy_on_wait, poll_fn=precopy_poll),
     Step("cutover.demote_source", Phase.CUTOVER, demote_do, demote_check, demote_undo, poll_s=0.01),
     Step("cutover.await_demotion", Phase.CUTOVER, _nothing, demotion_arrived_check, timeout_s=30.0, poll_s=0.02),
     Step("cutover.promote_destination", Phase.CUTOVER, promote_do, promote_check, irreversible=True, poll_s=0.02,

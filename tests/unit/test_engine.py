@@ -267,3 +267,17 @@ def test_random_fault_plans_never_leave_two_owners(kind: MigrationKind, plan: li
         run.fabric.faults.add(FaultRule(port="*", method="*", nth=nth, kind=how, times=times if how != "hang" else 1))
     asyncio.run(drive(run))
     assert_invariants(run)
+
+
+async def test_destination_dies_in_the_switchover_pause_source_takes_everything_back() -> None:
+    run = make_run(MigrationKind.LIVE)
+    while run.record.current_step != "cutover.promote_destination":
+        adv = await run.engine.advance(run.record)
+        await run.clock.sleep(adv.delay_s or 0)
+    from cnf.hypervisor.sim import SimHypervisor
+
+    SimHypervisor(run.fabric, DST).kill_incoming(run.record.vm.id)  # the destination QEMU dies in the pause
+    await drive(run)
+    assert run.record.state == MigrationState.FAILED, run.record.error
+    assert run.record.error and run.record.error["step"] == "cutover.promote_destination"
+    assert_invariants(run)  # disk primary again at the source, guest running there, /32 still there
