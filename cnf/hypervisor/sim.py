@@ -96,7 +96,7 @@ class SimHypervisor:
             dirty_rate_bps=m.dirty_rate_mbps * (1 - m.throttle) * MIB,
             expected_downtime_ms=remaining / bw * 1000.0, downtime_ms=m.downtime_ms, error=m.error,
             history=tuple(m.history), stopped_at=m.paused_at, resumed_at=m.resumed_at,
-            throttle_percent=int(round(m.throttle * 100)))
+            throttle_percent=round(m.throttle * 100))
 
     async def apply_convergence(self, vm_id: str, action: str) -> None:
         await self.fabric.enter(self.cluster_id, PORT, "apply_convergence")
