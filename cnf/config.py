@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cnf.errors import ConfigError
@@ -84,11 +84,34 @@ class DriversConfig(_Section):
     hypervisor: Backend = "sim"
 
 
+class KeystoneAuthConfig(_Section):
+    """keystone auth: the service user the agent validates tokens with (needs the ``service`` or ``admin`` role)."""
+
+    auth_url: str = ""
+    username: str = ""
+    password: str = Field("", repr=False)
+    project_name: str = "service"
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    cache_ttl_s: float = Field(60.0, ge=0, le=3600)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    verify: bool | str = True
+
+
 class ApiConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     auth_strategy: Literal["noauth", "keystone"] = "noauth"
     advertise_url: str = ""  # how peers reach this agent's REST API (for the proxy)
+    keystone: KeystoneAuthConfig = Field(default_factory=KeystoneAuthConfig)
+
+    @model_validator(mode="after")
+    def _keystone_needs_a_service_user(self) -> ApiConfig:
+        if self.auth_strategy == "keystone":
+            for key in ("auth_url", "username", "password"):
+                if not getattr(self.keystone, key):
+                    raise ValueError(f"api.keystone.{key} is required when auth_strategy is keystone")
+        return self
 
 
 class TlsConfig(_Section):

@@ -65,6 +65,10 @@ async def serve(cfg: CNFConfig) -> None:
         from cnf.api.proxy import master_proxy
 
         middlewares.append(master_proxy(agent.service))
+    if cfg.api.auth_strategy == "keystone":
+        from cnf.api.auth import keystone_auth_middleware
+
+        middlewares.append(keystone_auth_middleware(cfg.api.keystone))  # added last = runs first
     app = create_app(agent.service, middlewares=middlewares)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None,
                                            access_log=False, lifespan="off"))

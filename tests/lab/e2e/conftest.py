@@ -1,0 +1,40 @@
+"""Session-scoped end-to-end lab: two Ceph sites, FRR route server + two cloud routers, two QEMU hosts.
+
+Started by ``lab.e2e`` itself (Debian packages installed if missing) and ended by PID / own namespaces in the
+finalizer, whatever the test did. The Ceph pair is the session's shared ``lab.ceph`` lab (the storage contract
+suite and tests/lab/ceph use the same one: one Ceph bring-up per test run, ~30-45 s); the e2e lab only adds its
+own image to it. FRR and QEMU are its own (~15 s).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:  # the top-level ``lab`` package is not installed, only ``cnf`` is
+    sys.path.insert(0, str(ROOT))
+
+import lab.ceph as lab_ceph  # noqa: E402
+from lab.e2e import E2ELab  # noqa: E402
+from lab.frr import lab_prerequisites_missing  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def e2e_lab() -> Iterator[E2ELab]:
+    why = lab_prerequisites_missing()
+    if why:  # not root / no netns support: a machine that cannot run any lab test, not a failure of this one
+        pytest.skip(why)
+    ceph = lab_ceph.acquire_shared_lab()
+    try:
+        lab = E2ELab.new()
+        try:
+            lab.up(ceph=ceph)
+            yield lab
+        finally:
+            lab.down()
+    finally:
+        lab_ceph.release_shared_lab()
