@@ -20,7 +20,7 @@ class _Strict(BaseModel):
 
 
 class MigrationOptionsBody(_Strict):
-    downtime_limit_ms: int = Field(300, ge=10, le=60_000, description="max guest pause QEMU may plan for")
+    downtime_limit_ms: int = Field(50, ge=10, le=60_000, description="pre-copy stops when the rest fits this")
     max_bandwidth_mbps: int = Field(10_000, ge=1, le=400_000, description="memory copy bandwidth cap, Mbit/s")
     non_convergence: Literal["auto_converge_then_abort", "auto_converge_then_post_copy", "post_copy", "abort"] = \
         "auto_converge_then_abort"

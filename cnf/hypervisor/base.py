@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class MigrationParams:
-    downtime_limit_ms: int = 300
+    downtime_limit_ms: int = 50
     max_bandwidth_mbps: int = 10_000
     auto_converge: bool = True
     post_copy: bool = False

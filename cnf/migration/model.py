@@ -60,7 +60,9 @@ class StepStatus(StrEnum):
 class MigrationOptions:
     """Knobs an operator may set per migration (API body), with safe defaults."""
 
-    downtime_limit_ms: int = 300
+    #: QEMU stops pre-copy when the rest fits this; with pause-before-switchover that rest is sent after
+    #: the storage handover, so a small limit keeps the guest pause short (e2e lab: 300 -> 30 ms saved ~150 ms)
+    downtime_limit_ms: int = 50
     max_bandwidth_mbps: int = 10_000
     #: what to do when pre-copy stops converging: throttle the guest first, then post-copy or abort
     non_convergence: str = "auto_converge_then_abort"

@@ -15,6 +15,15 @@ Order inside the live CUTOVER follows the measured recipe: QEMU holds the guest
 in ``pre-switchover`` (source vCPUs stopped) while the source is demoted and the
 destination promoted as soon as the demotion snapshot arrived; then
 ``migrate-continue`` resumes the guest at the destination.
+
+BGP in a live migration: the destination announces the /32 *before* pre-copy
+(``bgp.announce_destination`` runs ahead of its phase; the phases shown stay the
+seed's logical order). Both clouds then originate it, and the fabric keeps the
+source's older path as best, so traffic still reaches the running source. After
+the resume only the source's withdraw is left, which moves the /32 at once: the
+e2e lab measured announce and withdraw at 0.4-0.8 s each, so doing both after the
+resume doubled the network blackout. Before the point of no return the early
+announce is undone with a withdraw at the destination.
 """
 
 from __future__ import annotations
@@ -418,6 +427,7 @@ LIVE_STEPS: tuple[Step, ...] = (
     Step("memory.create_receiver", Phase.MEMORY, create_receiver_do, create_receiver_check, create_receiver_undo),
     Step("memory.prepare_incoming", Phase.MEMORY, prepare_incoming_do, prepare_incoming_check,
          prepare_incoming_undo),
+    ANNOUNCE,  # early, on purpose: the source's older path stays best until it withdraws (see module doc)
     Step("memory.precopy", Phase.MEMORY, precopy_do, precopy_check, precopy_undo, timeout_s=3600.0, poll_s=0.02,
          on_wait=precopy_on_wait, poll_fn=precopy_poll),
     Step("cutover.demote_source", Phase.CUTOVER, demote_do, demote_check, demote_undo, poll_s=0.01),
@@ -426,7 +436,6 @@ LIVE_STEPS: tuple[Step, ...] = (
          max_attempts=50),
     Step("cutover.switchover", Phase.CUTOVER, switchover_do, switchover_check, timeout_s=60.0, poll_s=0.02,
          max_attempts=5),
-    ANNOUNCE,
     WITHDRAW,
     Step("cleanup.activate_destination", Phase.CLEANUP, activate_dest_do, activate_dest_check, max_attempts=5),
     Step("cleanup.destroy_source_domain", Phase.CLEANUP, destroy_source_domain_do, destroy_source_domain_check,

@@ -1,9 +1,10 @@
 """``SimBgpSpeaker``: the BgpDriver port over the simulated world.
 
 The fabric's "route server" view is computed from what every cluster originates:
-with two origins the shortest AS path wins and ties go to the lowest AS number,
-a deterministic stand-in for BGP best-path selection in the lab topology (one hop
-from every cloud to the route server).
+every cloud is one AS hop from the route server, so between two origins the oldest
+announcement wins (FRR prefers the older of two equal eBGP paths), ties broken by
+the lowest AS number — which is why the destination can announce early and the
+/32 only moves when the source withdraws.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ class SimBgpSpeaker:
 
     async def announce(self, prefix: str, next_hop: str | None = None) -> None:
         validate_prefix(prefix)
-        nh = validate_next_hop(next_hop or self.default_next_hop)
+        nh = validate_next_hop(next_hop if next_hop is not None else self.default_next_hop)
         await self.fabric.enter(self.cluster_id, PORT, "announce")
         routes = self.fabric.cluster(self.cluster_id).routes
         if routes.get(prefix) == nh:
             return
+        if prefix not in routes:
+            self.fabric.cluster(self.cluster_id).route_since[prefix] = self.fabric.clock.now()
         routes[prefix] = nh
         self.fabric.effect(self.cluster_id, PORT, "announce", prefix)
 
@@ -63,6 +66,7 @@ class SimBgpSpeaker:
         if prefix not in routes:
             return
         del routes[prefix]
+        self.fabric.cluster(self.cluster_id).route_since.pop(prefix, None)
         self.fabric.effect(self.cluster_id, PORT, "withdraw", prefix)
 
     async def announced(self, prefix: str) -> bool:
@@ -76,7 +80,7 @@ class SimBgpSpeaker:
         origins = [c for c in self.fabric.clusters.values() if prefix in c.routes]
         if not origins:
             return None
-        best = min(origins, key=lambda c: c.as_number)
+        best = min(origins, key=lambda c: (c.route_since.get(prefix, 0.0), c.as_number))
         return BgpPath(prefix=prefix, next_hop=best.routes[prefix], origin_as=best.as_number)
 
     async def peers(self) -> list[BgpPeer]:

@@ -201,7 +201,12 @@ class SimCluster:
     domains: dict[str, SimDomain] = field(default_factory=dict)
     flavors: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (vcpus, ram_mb)
     routes: dict[str, str] = field(default_factory=dict)  # prefix -> next hop, originated here
+    route_since: dict[str, float] = field(default_factory=dict)  # prefix -> when announced (oldest path wins)
     load_bias: float = 0.0  # extra CPU % on every host and VM (the demo raises it to make a policy fire)
+
+
+#: per state file, the instance of this process that holds its lock right now
+_HOLDERS: dict[str, SimFabric] = {}
 
 
 class SimFabric:
@@ -234,9 +239,15 @@ class SimFabric:
     def _acquire(self) -> None:
         if not self.state_file or self._lock_fd is not None:
             return
+        # Another instance of this process may hold the world (its save is scheduled, not done): let it save
+        # first, or this blocking flock would wait for a callback that can only run after we return.
+        other = _HOLDERS.get(self.state_file)
+        if other is not None and other is not self:
+            other._commit()
         fd = os.open(self.state_file + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
+        _HOLDERS[self.state_file] = self
         if os.path.exists(self.state_file) and os.path.getsize(self.state_file) > 0:
             with open(self.state_file) as f:
                 self._load(json.load(f))
@@ -253,6 +264,8 @@ class SimFabric:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
         self._lock_fd = None
+        if _HOLDERS.get(self.state_file) is self:
+            del _HOLDERS[self.state_file]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SimFabric]:
@@ -271,6 +284,7 @@ class SimFabric:
         return {
             "clusters": {cid: {"cluster_id": c.cluster_id, "name": c.name, "as_number": c.as_number,
                                "next_hop": c.next_hop, "load_bias": c.load_bias, "routes": c.routes,
+                               "route_since": c.route_since,
                                "flavors": {k: list(v) for k, v in c.flavors.items()},
                                "hosts": {k: asdict(v) for k, v in c.hosts.items()},
                                "servers": {k: asdict(v) for k, v in c.servers.items()},
@@ -291,7 +305,8 @@ class SimFabric:
         self.clusters = {}
         for cid, c in d["clusters"].items():
             sc = SimCluster(cluster_id=c["cluster_id"], name=c["name"], as_number=c["as_number"],
-                            next_hop=c["next_hop"], load_bias=c["load_bias"], routes=dict(c["routes"]))
+                            next_hop=c["next_hop"], load_bias=c["load_bias"], routes=dict(c["routes"]),
+                            route_since=dict(c.get("route_since", {})))
             sc.flavors = {k: (v[0], v[1]) for k, v in c["flavors"].items()}
             sc.hosts = {k: SimHost(**v) for k, v in c["hosts"].items()}
             sc.servers = {k: SimServer(**{**v, "tags": tuple(v["tags"])}) for k, v in c["servers"].items()}
