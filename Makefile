@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps services lint unit proto clean bench
+.PHONY: demo test venv system-deps services lint unit clean bench lab lab-migrate lab-down
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ unit: venv
 
 test: venv system-deps services lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The real-infrastructure lab (root: network namespaces, Ceph, FRR, QEMU): docs/lab.md
+lab: venv system-deps
+	$(PY) -m lab.e2e up
+
+lab-migrate: venv
+	$(PY) -m lab.e2e migrate
+
+lab-down: venv
+	$(PY) -m lab.e2e down
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
