@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cnf.hypervisor.qemu import QemuMachine, bandwidth_bytes_per_s, guest_pause_ms  # noqa: E402
+from cnf.hypervisor.base import guest_pause_ms  # noqa: E402
+from cnf.hypervisor.qemu import QemuMachine, bandwidth_bytes_per_s  # noqa: E402
 from cnf.migration.model import MigrationKind, MigrationState  # noqa: E402
 from cnf.migration.steps import STEP_TABLES  # noqa: E402
 from lab.qemu import CnfOnQemu, QemuLab, heartbeats, wait_heartbeats  # noqa: E402

@@ -14,8 +14,8 @@ import asyncio
 
 import pytest
 
-from cnf.hypervisor.base import MigrationParams
-from cnf.hypervisor.qemu import QemuHypervisor, guest_pause_ms
+from cnf.hypervisor.base import MigrationParams, guest_pause_ms
+from cnf.hypervisor.qemu import QemuHypervisor
 from cnf.migration.model import MigrationOptions, MigrationRecord, MigrationState
 from lab.qemu import SHARED_IDLE_VM, CnfOnQemu, QemuLabSession, heartbeats, wait_heartbeats
 

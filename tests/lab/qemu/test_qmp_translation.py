@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 
 from cnf.errors import InvalidInput
-from cnf.hypervisor.base import MigrationParams, MigrationProgress
+from cnf.hypervisor.base import MigrationParams, MigrationProgress, guest_pause_ms
 from cnf.hypervisor.qemu import (
     QemuHypervisor,
     QemuMachine,
     bandwidth_bytes_per_s,
-    guest_pause_ms,
     progress_from_query_migrate,
     source_capabilities,
     stop_resume_times,
