@@ -272,6 +272,9 @@ class Agent:
         try:
             await self.store.record_master(epoch, self.config.cluster_id)
             await self._register_known_clusters(epoch)
+            for row in await self.store.list_clusters():  # reach every cloud before resuming its migrations
+                if row.grpc_addr and row.id != self.config.cluster_id:
+                    await self._attach_peer(row.id, row.grpc_addr)
             await self.service.sync_inventory()
             resumed = await self.runner.resume_unfinished()
         except Exception as e:  # the database is briefly away, or we were fenced: retry while still master

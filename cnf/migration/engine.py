@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnf.clock import Clock
-from cnf.errors import CNFError, DriverError, DriverUnavailable, StepTimeout
+from cnf.errors import CNFError, DriverError, DriverUnavailable, NotFound, StepTimeout
 from cnf.migration.model import (
     MigrationEvent,
     MigrationKind,
@@ -114,8 +114,13 @@ class MigrationEngine:
     # --- forward ---------------------------------------------------------------------------------
 
     def _context(self, rec: MigrationRecord, notes: list[tuple[str, dict[str, Any]]]) -> StepContext:
-        return StepContext(record=rec, src=self.directory.drivers(rec.source_cluster_id),
-                           dst=self.directory.drivers(rec.dest_cluster_id), now=self.clock.now, notes=notes)
+        try:
+            src = self.directory.drivers(rec.source_cluster_id)
+            dst = self.directory.drivers(rec.dest_cluster_id)
+        except NotFound as e:
+            # e.g. a new master that has not reached that cloud's agent yet: retry, do not fail the migration
+            raise DriverUnavailable(f"no route to a cloud of this migration yet: {e.message}") from None
+        return StepContext(record=rec, src=src, dst=dst, now=self.clock.now, notes=notes)
 
     async def _timed(self, coro: Any) -> Any:
         try:
