@@ -316,7 +316,12 @@ def test_helm_config_carries_the_seed_values(helm_manifests: dict[str, Any], clu
                                              tmp_path: Path) -> None:
     path = tmp_path / "cnf.yaml"
     path.write_text(helm_manifests["ConfigMap"]["data"]["cnf.yaml"])
-    cfg = load_config(path)
+    env = {e["name"]: e for e in helm_manifests["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CNF_API__KEYSTONE__PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    with pytest.MonkeyPatch.context() as mp:  # the Secret, as the DaemonSet passes it
+        mp.setenv("CNF_API__KEYSTONE__PASSWORD", "from-the-secret")
+        cfg = load_config(path)
+    assert cfg.api.auth_strategy == "keystone" and cfg.api.keystone.password == "from-the-secret"
     assert (cfg.cluster_id, cfg.cluster_name, cfg.cluster_grpc_addr) == (cluster_id, "openstack-1", "os1-ctrl:50051")
     assert cfg.peer_clusters == SEED_PEERS
 
