@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.loopback import free_ports
+
 DEFAULT_STATE_DIR = Path("/tmp/cnf-lab-ceph")
 POOL = "vms"
 PACKAGES = ("ceph-mon", "ceph-mgr", "ceph-osd", "rbd-mirror", "ceph-common", "python3-rbd", "python3-rados")
@@ -77,17 +79,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def free_port_range(width: int) -> int:

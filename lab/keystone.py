@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lab.loopback import free_port
 
 STATE_DIR = Path(os.environ.get("CNF_LAB_KEYSTONE_STATE", "/tmp/cnf-lab-keystone"))
 PASSWORD = "secret"  # lab-only
@@ -46,10 +47,6 @@ class KeystoneLabError(RuntimeError):
     """Keystone could not be brought up; the message names the step and the log to read."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 APT_PACKAGES = ("gcc", "python3-venv")  # uwsgi is built from its sdist; scripts/deps/apt-cli.txt
@@ -241,7 +238,7 @@ def up() -> KeystoneLab:
     etc, logs = root / "etc", root / "logs"
     for d in (etc, logs):
         d.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     conf = etc / "keystone.conf"
     conf.write_text(f"""[DEFAULT]
 log_dir = {logs}

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.loopback import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 STATE_ROOT = Path(os.environ.get("CNF_LAB_OPENSTACK_STATE", "/tmp/cnf-lab-openstack"))
 VENV = Path(os.environ.get("CNF_LAB_OPENSTACK_VENV", "/opt/cnf-lab/openstack-venv"))
@@ -98,17 +100,6 @@ class LabError(RuntimeError):
 # --- small plumbing -------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _run(argv: list[str], *, timeout: float = 300, env: dict[str, str] | None = None, log: Path | None = None,

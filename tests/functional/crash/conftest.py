@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from crash_harness import CrashWorld, RedisServer, free_port, seed_world, write_config
+from crash_harness import CrashWorld, RedisServer, seed_world, write_config
 
 from cnf.migration.steps import STEP_TABLES
+from lab.loopback import free_port
 
 #: one VM per matrix cell, plus a margin
 VMS = sum(len(t) for t in STEP_TABLES.values()) * 2

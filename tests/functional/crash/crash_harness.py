@@ -43,10 +43,6 @@ TEST_OWNER = "crash-test:0"
 FAST_REPLICATION_MBPS = 1_000_000.0  # the disk copy is instant: the matrix measures orchestration, not physics
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval: float = 0.1,

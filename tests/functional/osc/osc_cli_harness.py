@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +21,13 @@ from typing import Any
 
 import httpx
 
+from lab.loopback import free_port
+
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 CLI_TIMEOUT_S = 180
 PARALLEL = max(2, min(4, os.cpu_count() or 2))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ThreadedAgent:
