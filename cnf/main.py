@@ -36,7 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> CNFConfig:
-    overrides: dict[str, object] = {}
     cfg = load_config(args.config)
     api = cfg.api.model_copy()
     if args.port is not None:
@@ -48,7 +47,6 @@ def build_config(args: argparse.Namespace) -> CNFConfig:
     cfg.api = api
     if args.log_level:
         cfg.log_level = args.log_level
-    del overrides
     return cfg
 
 

@@ -38,7 +38,8 @@ async def set_policy(body: PolicyBody, name: str = Path(..., max_length=128),
                      svc: FederationService = Depends(service)) -> dict[str, Any]:
     if not _NAME.match(name):
         raise InvalidInput("policy names are letters, digits, '.', '_' or '-'", field="name")
-    clusters = [c.id for c in await svc.store.list_clusters()] + [c.name for c in await svc.store.list_clusters()]
+    rows = await svc.store.list_clusters()
+    clusters = [c.id for c in rows] + [c.name for c in rows]
     rule = parse_rule(name, body.rule, known_clusters=clusters)
     row = await svc.store.put_policy(svc.epoch(), name, rule.to_dict(), body.enabled)
     return _view(row)
