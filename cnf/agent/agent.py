@@ -43,6 +43,7 @@ from cnf.sim.fabric import SimFabric
 from cnf.tasks.runner import InProcessRunner
 
 if TYPE_CHECKING:
+    from cnf.db.models import ClusterRow
     from cnf.tasks.celery_runner import CeleryRunner
 
 log = structlog.get_logger(__name__)
@@ -179,6 +180,21 @@ class Agent:
         log.info("peer_attached", peer=cluster_id, address=grpc_addr)
         return True
 
+    async def _reach_registered_peer(self, row: ClusterRow, epoch: int) -> None:
+        """Attach to a registered cloud's agent; a cloud registered while its agent was down becomes ``active``.
+
+        Why: ``cluster register`` stores ``unreachable`` when the peer did not answer, and migrations to a
+        non-active cloud are refused (409). The master keeps trying, and the first successful attach is what
+        turns the row active — otherwise a cloud whose agent started a second late would stay refused forever.
+        """
+        if not row.grpc_addr or row.id == self.config.cluster_id:
+            return
+        if row.id not in self._attached and not await self._attach_peer(row.id, row.grpc_addr):
+            return
+        if row.status == "unreachable":
+            await self.store.upsert_cluster(epoch, id=row.id, status="active")
+            log.info("decision", decision="cluster_active", cluster_id=row.id, reason="its agent answers now")
+
     def _build_election(self) -> Election:
         address = self.config.api.advertise_url or f"http://127.0.0.1:{self.config.api.port}"
         if not self.config.raft.etcd_endpoints:
@@ -273,8 +289,7 @@ class Agent:
             await self.store.record_master(epoch, self.config.cluster_id)
             await self._register_known_clusters(epoch)
             for row in await self.store.list_clusters():  # reach every cloud before resuming its migrations
-                if row.grpc_addr and row.id != self.config.cluster_id:
-                    await self._attach_peer(row.id, row.grpc_addr)
+                await self._reach_registered_peer(row, epoch)
             await self.service.sync_inventory()
             resumed = await self.runner.resume_unfinished()
         except Exception as e:  # the database is briefly away, or we were fenced: retry while still master
@@ -321,10 +336,10 @@ class Agent:
             try:
                 rows = await self.store.list_clusters()
                 self._known_clusters = {r.id for r in rows} | {self.config.cluster_id}
-                if self.election.is_master():
+                epoch = self.election.epoch()
+                if self.election.is_master() and epoch is not None:
                     for r in rows:
-                        if r.grpc_addr and r.id not in self._attached and r.id != self.config.cluster_id:
-                            await self._attach_peer(r.id, r.grpc_addr)
+                        await self._reach_registered_peer(r, epoch)
             except Exception as e:  # the database or a peer is briefly away: try again next round
                 log.warning("membership_refresh_failed", error=repr(e))
             await asyncio.sleep(every_s)

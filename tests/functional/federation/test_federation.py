@@ -131,3 +131,23 @@ def test_paused_master_is_fenced_and_steps_down(federation: Federation) -> None:
     events = master.log_events()
     assert any(e.get("event") == "decision" and "master" in str(e.get("decision", "")) for e in events)
     assert fed.master()["epoch"] == new["epoch"]  # type: ignore[index]
+
+
+def test_cloud_registered_while_its_agent_is_down_becomes_active_when_it_answers(federation: Federation) -> None:
+    fed = federation
+    master = fed.master_agent()
+    late = next(a for a in fed.agents if a is not master)
+    late.kill()
+    body = {"id": late.cluster_id, "name": late.name, "auth_url": f"sim://{late.name}",
+            "grpc_addr": f"127.0.0.1:{late.grpc_port}", "bgp_as": late.as_number}
+    r = httpx.post(f"{master.url}/v1/clusters", json=body, timeout=60)
+    assert r.status_code == 201 and r.json()["status"] == "unreachable", r.text
+    late.start()
+    fed.wait(lambda: httpx.get(f"{master.url}/v1/clusters/{late.cluster_id}", timeout=5).json()["status"] == "active",
+             60, "the late cloud to become active once its agent answers")
+    register_all(fed, via=master)
+    src = next(a for a in fed.agents if a is not late)
+    vm = httpx.get(f"{master.url}/v1/vms", params={"cluster_id": src.cluster_id}, timeout=10).json()["vms"][0]
+    m = wait_state(fed, migrate(fed, master.url, "live-migrate", vm, late.cluster_id),
+                   ("completed", "failed", "needs_operator"))
+    assert m["state"] == "completed", m["error"]
