@@ -23,6 +23,12 @@ file, loads the world, acts, and saves it before the caller can observe the
 result (the save runs at the next event-loop iteration or the next call,
 whichever comes first). With a state file, use a clock every process shares
 (``SystemClock``: CLOCK_MONOTONIC is system-wide).
+
+File format: a random 16-byte token, then the world pickled (a private file of this
+sim, 0600, never read from an untrusted place). Each save writes a new token; a
+process whose own token is still at the head skips the load (the in-process runner
+never reloads). Pickle, not JSON: 0.7 ms per transaction for a 200-VM world
+instead of 18 ms, which is what bounded the orchestration benchmark.
 """
 
 from __future__ import annotations
@@ -30,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
+import pickle
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from cnf.clock import Clock, SystemClock
@@ -206,6 +212,7 @@ class SimCluster:
 
 
 #: per state file, the instance of this process that holds its lock right now
+_TOKEN_BYTES = 16  # head of the state file: who saved it last (see module docstring)
 _HOLDERS: dict[str, SimFabric] = {}
 
 
@@ -230,6 +237,8 @@ class SimFabric:
         self._last_write = self.clock.now()
         self.state_file = state_file
         self._lock_fd: int | None = None
+        # the token our last save wrote at the head of the file: still there -> our objects are current
+        self._saved_token = b""
         if state_file:
             with self.transaction():
                 pass  # load an existing world, or create the file for the others
@@ -248,9 +257,13 @@ class SimFabric:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
         _HOLDERS[self.state_file] = self
-        if os.path.exists(self.state_file) and os.path.getsize(self.state_file) > 0:
-            with open(self.state_file) as f:
-                self._load(json.load(f))
+        try:
+            with open(self.state_file, "rb") as f:
+                token = f.read(_TOKEN_BYTES)
+                if len(token) == _TOKEN_BYTES and token != self._saved_token:
+                    self._load(pickle.load(f))  # another process changed the world since our last save
+        except FileNotFoundError:
+            return
 
     def _commit(self) -> None:
         """Save the world and release the lock (no-op when nothing is held)."""
@@ -258,9 +271,12 @@ class SimFabric:
             return
         assert self.state_file is not None
         tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self._dump(), f)
+        token = os.urandom(_TOKEN_BYTES)
+        with os.fdopen(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as f:
+            f.write(token)
+            pickle.dump(self._dump(), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self.state_file)
+        self._saved_token = token
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
         self._lock_fd = None
@@ -278,51 +294,14 @@ class SimFabric:
             self._commit()
 
     def _dump(self) -> dict[str, Any]:
-        def key(t: tuple[str, ...]) -> str:
-            return "|".join(t)
-
-        return {
-            "clusters": {cid: {"cluster_id": c.cluster_id, "name": c.name, "as_number": c.as_number,
-                               "next_hop": c.next_hop, "load_bias": c.load_bias, "routes": c.routes,
-                               "route_since": c.route_since,
-                               "flavors": {k: list(v) for k, v in c.flavors.items()},
-                               "hosts": {k: asdict(v) for k, v in c.hosts.items()},
-                               "servers": {k: asdict(v) for k, v in c.servers.items()},
-                               "domains": {k: asdict(v) for k, v in c.domains.items()}}
-                         for cid, c in self.clusters.items()},
-            "images": {n: {"name": i.name, "size_mb": i.size_mb, "written": i.written_mb_since_snapshot,
-                           "sides": {k: asdict(v) for k, v in i.sides.items()},
-                           "snapshots": [asdict(sn) for sn in i.snapshots.values()]} for n, i in self.images.items()},
-            "migrations": {k: asdict(v) for k, v in self.migrations.items()},
-            "faults": {"rules": [asdict(r) for r in self.faults.rules], "down": sorted(list(d) for d in
-                                                                                       self.faults.down)},
-            "calls": {key(k): v for k, v in self.calls.items()},
-            "effects": {key(k): v for k, v in self.effects.items()},
-            "total_calls": self.total_calls, "next_snap": self._next_snap, "last_write": self._last_write,
-        }
+        """The whole world as one picklable dict of its live objects (``_load`` takes it back)."""
+        return {"clusters": self.clusters, "images": self.images, "migrations": self.migrations,
+                "faults": self.faults, "calls": self.calls, "effects": self.effects,
+                "total_calls": self.total_calls, "next_snap": self._next_snap, "last_write": self._last_write}
 
     def _load(self, d: dict[str, Any]) -> None:
-        self.clusters = {}
-        for cid, c in d["clusters"].items():
-            sc = SimCluster(cluster_id=c["cluster_id"], name=c["name"], as_number=c["as_number"],
-                            next_hop=c["next_hop"], load_bias=c["load_bias"], routes=dict(c["routes"]),
-                            route_since=dict(c.get("route_since", {})))
-            sc.flavors = {k: (v[0], v[1]) for k, v in c["flavors"].items()}
-            sc.hosts = {k: SimHost(**v) for k, v in c["hosts"].items()}
-            sc.servers = {k: SimServer(**{**v, "tags": tuple(v["tags"])}) for k, v in c["servers"].items()}
-            sc.domains = {k: SimDomain(**v) for k, v in c["domains"].items()}
-            self.clusters[cid] = sc
-        self.images = {}
-        for n, i in d["images"].items():
-            img = SimImage(name=i["name"], size_mb=i["size_mb"], written_mb_since_snapshot=i["written"])
-            img.sides = {k: SimImageSide(**v) for k, v in i["sides"].items()}
-            img.snapshots = {sn["id"]: SimSnapshot(**sn) for sn in i["snapshots"]}
-            self.images[n] = img
-        self.migrations = {k: SimMigration(**v) for k, v in d["migrations"].items()}
-        self.faults.rules = [FaultRule(**r) for r in d["faults"]["rules"]]
-        self.faults.down = {(a, b) for a, b in d["faults"]["down"]}
-        self.calls = Counter({tuple(k.split("|")): v for k, v in d["calls"].items()})  # type: ignore[misc]
-        self.effects = Counter({tuple(k.split("|")): v for k, v in d["effects"].items()})  # type: ignore[misc]
+        self.clusters, self.images, self.migrations = d["clusters"], d["images"], d["migrations"]
+        self.faults, self.calls, self.effects = d["faults"], d["calls"], d["effects"]
         self.total_calls, self._next_snap, self._last_write = d["total_calls"], d["next_snap"], d["last_write"]
 
     # --- topology -----------------------------------------------------------------------------

@@ -10,8 +10,10 @@ Contract of the task body (``MigrationTaskBody.advance``):
 - refused (dropped, not retried) when ``epoch`` is older than the federation's
   highest epoch — the lease claim is a fenced write, so the check and the claim
   are one transaction; the newer master re-enqueues what it wants driven;
-- claims the DB lease on the row (owner ``host:pid``), renews it every third of
-  its TTL while acting, runs ONE ``drive_one_action``, releases the lease;
+- claims the DB lease on the row (owner ``host:pid``) and reads the record in the
+  same transaction, renews the lease every third of its TTL while acting, runs ONE
+  ``drive_one_action`` whose save also releases the lease (two database
+  transactions per step);
 - re-enqueues itself with ``countdown=delay_s`` when the migration is not
   terminal: polling a step's ``check`` is a countdown, never a sleep in a worker;
 - carries the record ``version`` (``updated_at``) it expects: a task whose
@@ -173,7 +175,7 @@ class MigrationTaskBody:
         while True:
             await asyncio.sleep(ttl / 3.0)
             try:
-                await self.store.claim(epoch, migration_id, self.owner, ttl)
+                await self.store.renew_lease(epoch, migration_id, self.owner, ttl)
             except Exception as e:  # the next beat (or the save) will tell whether the lease is really lost
                 log.warning("lease_renew_failed", migration_id=migration_id, error=repr(e))
 
@@ -181,8 +183,9 @@ class MigrationTaskBody:
                       version: float | None) -> tuple[float | None, float | None]:
         """One action; returns ``(delay_s, new_version)`` — ``delay_s`` None: nothing more for this chain."""
         ttl = self.config.tasks.lease_ttl_s
-        # the claim is a fenced write: an epoch older than the federation's highest raises Fenced (refused)
-        if not await self.store.claim(epoch, migration_id, self.owner, ttl):
+        # claim + read in one fenced transaction: an epoch older than the federation's raises Fenced (refused)
+        rec = await self.store.claim_and_load(epoch, migration_id, self.owner, ttl)
+        if rec is None:
             log.info("task_dropped", migration_id=migration_id, reason="another worker holds the lease")
             return None, None
         seen: list[MigrationRecord] = []
@@ -191,24 +194,27 @@ class MigrationTaskBody:
             seen.append(rec)
 
         beat = asyncio.create_task(self._heartbeat(epoch, migration_id, ttl))
+        released = False
         try:
-            rec = await self.store.get_migration(migration_id)
             if rec.state.terminal:
                 return None, None
             if version is not None and rec.updated_at != version:
                 log.info("task_dropped", migration_id=migration_id, reason="overtaken by another chain")
                 return None, None
+            # the save hands the lease back in its own transaction: 2 database round trips per step, not 5
             delay = await asyncio.wait_for(
                 drive_one_action(self.store, self.engine, migration_id, epoch=epoch, owner=self.owner,
-                                 observers=[remember]),
+                                 observers=[remember], record=rec, release=True),
                 timeout=self.config.tasks.step_time_limit_s)
+            released = True
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
-            try:
-                await self.store.release(epoch, migration_id, self.owner)
-            except Exception as e:  # the lease then simply expires
-                log.warning("lease_release_failed", migration_id=migration_id, error=repr(e))
+            if not released:
+                try:
+                    await self.store.release(epoch, migration_id, self.owner)
+                except Exception as e:  # the lease then simply expires
+                    log.warning("lease_release_failed", migration_id=migration_id, error=repr(e))
         log.info("task_done", migration_id=migration_id, step=seen[-1].current_step if seen else "",
                  state=str(seen[-1].state) if seen else "", next_in_s=delay)
         return delay, (seen[-1].updated_at if seen else None)

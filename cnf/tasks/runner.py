@@ -44,14 +44,16 @@ class TaskRunner(Protocol):
 
 async def drive_one_action(store: FederationStore, engine: MigrationEngine, migration_id: str, *,
                            epoch: int | None, observers: Sequence[EventObserver] = (),
-                           owner: str | None = None) -> float | None:
+                           owner: str | None = None, record: MigrationRecord | None = None,
+                           release: bool = False) -> float | None:
+    """``record``: the row as just read by the caller (saves a read); ``release``: hand the lease back in the save."""
     if epoch is None:
         raise NotMaster("this agent is not the master: it does not drive migrations")
-    rec = await store.get_migration(migration_id)
+    rec = record if record is not None else await store.get_migration(migration_id)
     if rec.state.terminal:
         return None
     adv = await engine.advance(rec)
-    await store.save_migration(epoch, adv.record, adv.events, owner=owner)
+    await store.save_migration(epoch, adv.record, adv.events, owner=owner, release=release)
     for obs in observers:
         try:
             obs(adv.record, adv.events)

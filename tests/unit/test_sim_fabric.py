@@ -18,12 +18,8 @@ SRC, DST = DEMO_CLUSTERS[0][0], DEMO_CLUSTERS[1][0]
 def seeded(path: Path) -> SimFabric:
     world = demo_fabric(SystemClock())
     world.state_file = str(path)
-    with world.transaction():
+    with world.transaction():  # no file yet: nothing to load, and the commit writes the seeded world
         pass
-    # ``transaction`` loads first: write the seeded world explicitly the first time
-    import json
-
-    path.write_text(json.dumps(world._dump()))
     return world
 
 
