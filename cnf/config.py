@@ -48,6 +48,10 @@ class BgpConfig(_Section):
     next_hop: str = ""  # default next hop for this cloud's /32s ("" = router id)
     vtysh_pathspace: str = ""  # FRR instance (vtysh -N) when not the default one
     observer_pathspace: str = ""  # FRR instance whose table shows what the rest of the fabric sees
+    # "socket": one persistent session on bgpd's vtysh socket (vtysh's own protocol, ~0.2 ms a command);
+    # "vtysh": one vtysh process per change (~25 ms idle, 0.1-0.35 s loaded). docs/bgp.md has the measurements.
+    transport: Literal["socket", "vtysh"] = "socket"
+    frr_run_dir: str = "/var/run/frr"  # where FRR's <daemon>.vty sockets live (transport "socket")
 
 
 class RaftConfig(_Section):

@@ -46,7 +46,8 @@ def real_bgp(cfg: CNFConfig, clock: Clock) -> BgpDriver:
 
     b = cfg.bgp
     return FrrBgpSpeaker(cfg.cluster_id, b.as_number, b.next_hop, pathspace=b.vtysh_pathspace or None,
-                         observer_pathspace=b.observer_pathspace or None, clock=clock)
+                         observer_pathspace=b.observer_pathspace or None, transport=b.transport,
+                         run_dir=b.frr_run_dir, clock=clock)
 
 
 def real_hypervisor(cfg: CNFConfig) -> HypervisorDriver:

@@ -8,9 +8,11 @@ Shapes (FRR 8.4):
 - prefix view ``show bgp ipv4 unicast <p> json``: ``{"prefix", "advertisedTo": {peer: ...}, "paths": [...]}``;
   a path has ``aspath.segments[].list``, ``valid``, ``bestpath.overall`` (key absent on non-best paths),
   ``nexthops[].ip``, ``peer.peerId`` and, for a route this router originates, ``sourced``/``local``
-  (``aspath.string == "Local"``, ``peer.peerId == "0.0.0.0"``). An absent prefix is ``{}``.
+  (``aspath.string == "Local"``, ``peer.peerId == "0.0.0.0"``). An absent prefix is ``{}``. Between a change
+  and FRR's best-path run (50 ms) paths carry ``processScheduled``, and a withdrawn own path ``removed``.
 - table view ``show bgp ipv4 unicast json``: ``{"localAS", "routes": {prefix: [entry, ...]}}``; here the AS path
-  is a flat string ``path`` and ``bestpath`` a bool; an own route has ``peerId == "(unspec)"``.
+  is a flat string ``path`` and ``bestpath`` a bool; an own route has ``peerId == "(unspec)"``; an entry being
+  withdrawn still appears, with ``removed: true``.
 - summary ``show bgp summary json``: ``{"ipv4Unicast": {"as", "peers": {addr: {"remoteAs", "state", "pfxRcd"}}}}``;
   ``{}`` when no ``router bgp`` is configured.
 """
@@ -143,12 +145,28 @@ def prefix_paths(view: Mapping[str, Any]) -> list[FrrPath]:
     return [_path(p) for p in paths if isinstance(p, Mapping) and not p.get("removed")]
 
 
-def local_path(view: Mapping[str, Any]) -> FrrPath | None:
-    """The path this router originates for the prefix, if any (valid or not)."""
-    for p in prefix_paths(view):
+def local_path(view: Mapping[str, Any], *, include_removed: bool = False) -> FrrPath | None:
+    """The path this router originates for the prefix, if any (valid or not).
+
+    ``include_removed``: also a path flagged ``removed`` - FRR has accepted ``no network`` but not yet run
+    best-path (its work queue waits 50 ms), so it has not told its peers and the table view still lists it.
+    """
+    paths = prefix_paths(view) if not include_removed else [
+        _path(p) for p in view.get("paths") or [] if isinstance(p, Mapping)]
+    for p in paths:
         if p.local:
             return p
     return None
+
+
+def process_pending(view: Mapping[str, Any]) -> bool:
+    """FRR has queued the prefix for best-path and not run it yet (``processScheduled`` on its paths).
+
+    Until then what the table shows is not what the peers were sent: a change is queued, and FRR's bgpd runs the
+    queue 50 ms after the first item (``bgp->process_queue->spec.hold = 50`` in FRR 8.4, not configurable).
+    """
+    paths = view.get("paths")
+    return isinstance(paths, list) and any(isinstance(p, Mapping) and p.get("processScheduled") for p in paths)
 
 
 def advertised_to(view: Mapping[str, Any]) -> list[str]:
@@ -239,7 +257,9 @@ def originated_prefixes(table: Mapping[str, Any]) -> list[str]:
     out = []
     for prefix, entries in routes.items():
         for e in entries if isinstance(entries, list) else []:
-            if isinstance(e, Mapping) and e.get("peerId") == "(unspec)" and not e.get("path"):
+            # an entry flagged "removed" is one FRR is still deleting after ``no network`` (gone for BGP)
+            if (isinstance(e, Mapping) and e.get("peerId") == "(unspec)" and not e.get("path")
+                    and not e.get("removed")):
                 out.append(str(prefix))
                 break
     return sorted(out)

@@ -3,7 +3,8 @@
 Captures (tests/data/frr/): ``r1..r3``/``rs`` from the etcd-frr lab report (10.99.0.5/32 announced by r1, and by
 r1 + r2 mid-handoff: "two_origins"); ``c1``/``c3`` captured from ``lab.frr`` (own route with ``set ip next-hop``,
 the third-party next-hop as another cloud sees it, a path in the ``removed`` state right after ``no network``,
-a route-server summary with one peer down).
+a route-server summary with one peer down, a path queued for best-path right after ``network``
+(``processScheduled``), the table view right after ``no network``).
 
 The error-mapping tests run ``FrrBgpSpeaker`` against small stand-in ``vtysh`` scripts (no FRR needed) that record
 their argv, so they also prove that bad input never reaches vtysh and that arguments are passed as a list.
@@ -124,6 +125,29 @@ def test_path_being_removed_is_ignored() -> None:
     assert raw["paths"][0]["removed"] is True  # the real capture really has the flag
     assert frr_json.prefix_paths(raw) == []
     assert frr_json.local_path(raw) is None
+
+
+def test_path_being_removed_still_counts_until_frr_has_processed_it() -> None:
+    # right after ``no network`` FRR keeps the path, flagged, until best-path runs 50 ms later: not yet sent
+    raw = fixture("show_bgp_ipv4_unicast_prefix.c1.removed.json")
+    own = frr_json.local_path(raw, include_removed=True)
+    assert own is not None and own.local
+    assert frr_json.process_pending(raw)
+    assert frr_json.local_path({}, include_removed=True) is None
+    # the table view lists it too, flagged "removed": it is not originated any more
+    table = fixture("show_bgp_ipv4_unicast.c1.removed.json")
+    assert list(table["routes"]) == ["10.99.1.4/32"] and table["routes"]["10.99.1.4/32"][0]["removed"] is True
+    assert frr_json.originated_prefixes(table) == []
+
+
+def test_announcement_queued_for_best_path_is_not_yet_advertised() -> None:
+    queued = fixture("show_bgp_ipv4_unicast_prefix.c1.process_scheduled.json")  # right after ``network``
+    own = frr_json.local_path(queued)
+    assert own is not None and own.valid and own.next_hop == "10.255.0.11"
+    assert frr_json.process_pending(queued) and frr_json.advertised_to(queued) == []
+    done = fixture("show_bgp_ipv4_unicast_prefix.c1.own_set_next_hop.json")  # after FRR's best-path run
+    assert not frr_json.process_pending(done) and frr_json.advertised_to(done) == ["10.255.0.254"]
+    assert not frr_json.process_pending({})
 
 
 def test_learned_paths_hidden_by_our_own_route_pick_the_oldest() -> None:
@@ -260,7 +284,7 @@ def fake_vtysh(tmp_path: Path, body: str) -> tuple[str, Path]:
 
 async def test_bad_input_never_reaches_vtysh(tmp_path: Path) -> None:
     exe, log = fake_vtysh(tmp_path, "echo '{}'")
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", pathspace="lab-c1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", pathspace="lab-c1", transport="vtysh", vtysh=exe)
     for bad in ["10.99.0.5/32\nrouter bgp 1", "10.99.0.5/32; reboot", "$(reboot)"]:
         for call in (sp.announce, sp.withdraw, sp.announced, sp.fabric_best_path):
             with pytest.raises(InvalidInput):
@@ -280,7 +304,7 @@ async def test_announce_runs_one_vtysh_session_and_checks_the_result(tmp_path: P
     summary.write_text((DATA / "show_bgp_summary.r1.json").read_text())
     # config commands print nothing; then the prefix view, then the summary (as real vtysh does)
     exe, log = fake_vtysh(tmp_path, f'case "$*" in *summary*) cat {own} {summary};; *) cat {own};; esac')
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe)
     await sp.announce("10.99.1.4/32", next_hop="10.255.0.11")
     args = log.read_text().split("\n--\n")[0].splitlines()
     assert args[1::2] == [*announce_commands(65001, "10.99.1.4/32", "10.255.0.11"), "end",
@@ -301,12 +325,13 @@ async def test_announce_waits_until_advertised_to_every_established_peer(tmp_pat
     summary.write_text((DATA / "show_bgp_summary.r1.json").read_text())
     exe, log = fake_vtysh(tmp_path, f'case "$*" in *summary*) cat {own} {summary};; *) cat {own};; esac')
     for mode in ("all", "any"):
-        sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe, verify_timeout=0.3, await_advertised=mode)
+        sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe, verify_timeout=0.3,
+                           await_advertised=mode)
         with pytest.raises(DriverError):
             await sp.announce("10.99.1.4/32", next_hop="10.255.0.11")
     assert log.read_text().count("--\n") >= 4  # it kept re-reading the table
     log.unlink()
-    local_only = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe, await_advertised="none")
+    local_only = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe, await_advertised="none")
     await local_only.announce("10.99.1.4/32", next_hop="10.255.0.11")
     assert log.read_text().count("--\n") == 1
     with pytest.raises(ConfigError):
@@ -328,7 +353,7 @@ def test_load_objects_reads_several_show_outputs() -> None:
                                   "echo 'bgpd is not running'; exit 1"])
 async def test_frr_not_running_is_driver_unavailable(tmp_path: Path, body: str) -> None:
     exe, _ = fake_vtysh(tmp_path, body)
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe)
     for call in (lambda: sp.announce(P), lambda: sp.withdraw(P), lambda: sp.announced(P),
                  lambda: sp.fabric_best_path(P), sp.peers):
         with pytest.raises(DriverUnavailable):
@@ -338,21 +363,21 @@ async def test_frr_not_running_is_driver_unavailable(tmp_path: Path, body: str) 
 @pytest.mark.timeout(20)
 async def test_hung_vtysh_is_driver_unavailable_within_the_timeout(tmp_path: Path) -> None:
     exe, _ = fake_vtysh(tmp_path, "exec sleep 30")
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe, command_timeout=0.3)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe, command_timeout=0.3)
     with pytest.raises(DriverUnavailable) as err:
         await sp.peers()
     assert err.value.retryable
 
 
 async def test_missing_vtysh_is_driver_unavailable(tmp_path: Path) -> None:
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=str(tmp_path / "no-such-vtysh"))
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=str(tmp_path / "no-such-vtysh"))
     with pytest.raises(DriverUnavailable):
         await sp.peers()
 
 
 async def test_wrong_as_number_is_a_config_error(tmp_path: Path) -> None:
     exe, _ = fake_vtysh(tmp_path, "echo 'BGP is already running; AS is 65009'; exit 1")
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe)
     with pytest.raises(ConfigError) as err:
         await sp.announce(P)
     assert err.value.key == "bgp.as_number"
@@ -361,11 +386,11 @@ async def test_wrong_as_number_is_a_config_error(tmp_path: Path) -> None:
 async def test_refused_command_and_garbage_output_are_driver_errors(tmp_path: Path) -> None:
     exe, _ = fake_vtysh(tmp_path, "echo '% Unknown command: network'; exit 1")
     with pytest.raises(DriverError):
-        await FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe).announce(P)
+        await FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe).announce(P)
     (tmp_path / "garbage").mkdir()
     exe2, _ = fake_vtysh(tmp_path / "garbage", "echo 'not json'")
     with pytest.raises(DriverError):
-        await FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe2).peers()
+        await FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe2).peers()
 
 
 async def test_config_lock_held_by_another_client_is_retried(tmp_path: Path) -> None:
@@ -373,7 +398,7 @@ async def test_config_lock_held_by_another_client_is_retried(tmp_path: Path) -> 
     body = (f"if [ -e {flag} ]; then echo '{{}}'; else touch {flag}; "
             "echo '% Configuration is locked by other client'; exit 1; fi")
     exe, log = fake_vtysh(tmp_path, body)
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe)
     await sp.withdraw(P)  # first attempt locked, second succeeds and shows the prefix absent
     assert log.read_text().count("--\n") == 2
 
@@ -384,7 +409,7 @@ async def test_peers_and_originated_parse_real_output(tmp_path: Path) -> None:
     table.write_text((DATA / "show_bgp_ipv4_unicast.r1.json").read_text())
     body = f'case "$*" in *summary*) cat {summary};; *) cat {table};; esac'
     exe, _ = fake_vtysh(tmp_path, body)
-    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", vtysh=exe)
+    sp = FrrBgpSpeaker("c1", 65001, "10.255.0.1", transport="vtysh", vtysh=exe)
     assert await sp.peers() == [BgpPeer("10.255.0.254", 65000, True, 0, "Established")]
     assert await sp.running_as() == 65001
     assert await sp.originated() == [P]

@@ -3,7 +3,10 @@
 Facts proven here (each one is written down in docs/bgp.md): a frozen bgpd gives ``DriverUnavailable`` within the
 command timeout; a wrong AS is a ``ConfigError``; the route server holds both origins mid-handoff and keeps the older
 one; eBGP replaces a next-hop that is not on the peering segment (so the step ``check`` must read the fabric);
-announcements live in FRR's running config only (gone after an FRR restart); concurrent writers to one FRR succeed.
+announcements live in FRR's running config only (gone after an FRR restart); concurrent writers to one FRR succeed,
+over either transport, and ``originated()`` read right after their withdraws no longer lists the prefixes (FRR
+keeps a withdrawn path ~50 ms flagged "removed": withdraw must wait it out); announce returns only once the route
+is advertised; every lab session runs with MRAI 0.
 """
 
 from __future__ import annotations
@@ -121,18 +124,43 @@ async def test_announcements_live_in_the_running_config_only(frr_lab: FrrLab, pr
     assert prefix not in await s1.originated()  # the reconciler must announce again after an FRR restart
 
 
-async def test_concurrent_writers_to_one_frr_all_succeed(frr_lab: FrrLab, prefix: str) -> None:
+@pytest.mark.parametrize("transports", [("socket", "socket"), ("vtysh", "vtysh"), ("socket", "vtysh")])
+async def test_concurrent_writers_to_one_frr_all_succeed(frr_lab: FrrLab, prefix: str,
+                                                         transports: tuple[str, str]) -> None:
     base = prefix.rsplit(".", 1)[0].replace("10.98.", "10.97.")
-    prefixes = [f"{base}.{i}/32" for i in range(1, 3)]
-    writers = [speaker(frr_lab, "c2"), speaker(frr_lab, "c2")]  # two clients, like an agent and an operator
+    last = int(prefix.rsplit(".", 1)[1].split("/")[0])
+    prefixes = [f"{base}.{last}/32", f"{base}.{(last + 125) % 250 + 1}/32"]  # unique per test, like ``prefix``
+    # two clients, like an agent and an operator
+    writers = [speaker(frr_lab, "c2", transport=transports[0]), speaker(frr_lab, "c2", transport=transports[1])]
     try:
         await asyncio.gather(*(writers[i % 2].announce(p) for i, p in enumerate(prefixes)))
         assert set(prefixes) <= set(await writers[0].originated())
         await asyncio.gather(*(writers[i % 2].withdraw(p) for i, p in enumerate(prefixes)))
+        # read at once: withdraw returned only after FRR dropped the path (it keeps it ~50 ms flagged "removed")
         assert not set(prefixes) & set(await writers[0].originated())
+        assert not set(prefixes) & set(await writers[1].originated())
     finally:
         for p in prefixes:
             await writers[0].withdraw(p)
+        for w in writers:
+            await w.close()
+
+
+@pytest.mark.parametrize("transport", ["socket", "vtysh"])
+async def test_withdraw_returns_once_frr_no_longer_originates_or_advertises(frr_lab: FrrLab, prefix: str,
+                                                                            transport: str) -> None:
+    c1 = speaker(frr_lab, "c1", transport=transport)
+    try:
+        for _ in range(3):
+            await c1.announce(prefix)
+            view = await asyncio.to_thread(frr_lab.vtysh_json, "c1", f"show bgp ipv4 unicast {prefix} json")
+            assert "10.255.0.254" in view.get("advertisedTo", {}), "announce returned before FRR advertised"
+            await c1.withdraw(prefix)
+            assert prefix not in await c1.originated()
+            assert await c1.announced(prefix) is False
+    finally:
+        await c1.withdraw(prefix)
+        await c1.close()
 
 
 async def test_from_settings_reads_router_id_and_checks_the_as(frr_lab: FrrLab) -> None:
@@ -156,3 +184,12 @@ async def test_session_down_is_reported_for_preflight(frr_lab: FrrLab) -> None:
     assert peer_health(peers)["healthy"] is False
     up = await speaker(frr_lab, "c1").peers()
     assert [(p.address, p.established) for p in up] == [("10.255.0.254", True)]
+
+
+async def test_every_lab_session_sends_updates_without_an_advertisement_interval(frr_lab: FrrLab) -> None:
+    # docs/bgp.md "FRR settings": MRAI 0 on both ends of every session (what production must set too)
+    for name in ("rs", "c1", "c2", "c3"):
+        neighbors = await asyncio.to_thread(frr_lab.vtysh_json, name, "show bgp neighbor json")
+        assert neighbors, f"{name}: no neighbours"
+        for address, info in neighbors.items():
+            assert isinstance(info, dict) and info.get("minBtwnAdvertisementRunsTimerMsecs") == 0, (name, address)
