@@ -84,7 +84,6 @@ class Agent:
         self.election: Election
         self.directory: DriverDirectory
         self.peer_server: Any = None
-        self._tls: Any = None
         self._known_clusters: set[str] = {config.cluster_id}
         self._attached: set[str] = set()
 
@@ -151,31 +150,22 @@ class Agent:
                                       known_peers=lambda: self._known_clusters,
                                       epoch_store=FileEpochStore(Path(self.config.state_dir) / "peer-epoch"),
                                       allow_plaintext=tls_cfg.allow_plaintext)
-        self._tls = tls
         return PeerDirectory(local_cluster_id=self.config.cluster_id, tls=tls, epoch_provider=self._acting_epoch,
                              local=own, allow_plaintext=tls_cfg.allow_plaintext)
 
     async def _attach_peer(self, cluster_id: str, grpc_addr: str) -> bool:
         """Reach another cloud through its agent (CNFPeer); learns its AS and next hop from ``Describe``."""
         from cnf.grpc.directory import PeerDirectory
-        from cnf.grpc.peer_client import PeerConnection, connect_drivers
 
         if not isinstance(self.directory, PeerDirectory) or cluster_id == self.config.cluster_id:
             return False
         if cluster_id in self._attached:
             return True
-        conn = PeerConnection(grpc_addr, peer_cluster_id=cluster_id, local_cluster_id=self.config.cluster_id,
-                              tls=self._tls, epoch_provider=self._acting_epoch,
-                              allow_plaintext=self.config.tls.allow_plaintext)
         try:
-            probe = await connect_drivers(conn)
+            await self.directory.attach(cluster_id, grpc_addr)
         except CNFError as e:
             log.warning("peer_unreachable", peer=cluster_id, address=grpc_addr, error=e.message)
             return False
-        finally:
-            await conn.close()
-        self.directory.register(cluster_id, grpc_addr, as_number=probe.bgp.as_number,
-                                default_next_hop=probe.bgp.default_next_hop)
         self._attached.add(cluster_id)
         log.info("peer_attached", peer=cluster_id, address=grpc_addr)
         return True

@@ -330,15 +330,11 @@ class FederationStore:
             return None
 
     async def claim(self, epoch: int, migration_id: str, owner: str, ttl_s: float) -> bool:
-        """Take (or renew) the lease on a migration row; False if another live owner holds it."""
-        now = time.time()
-        async with self.write(epoch) as s:
-            res = await s.execute(
-                update(MigrationRow).where(MigrationRow.id == migration_id)
-                .where((MigrationRow.owner.is_(None)) | (MigrationRow.owner == owner)
-                       | (MigrationRow.lease_until < now))
-                .values(owner=owner, lease_until=now + ttl_s, heartbeat_at=now))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+        """Take (or renew) the lease on a migration row; False if another live owner holds it (or no such row)."""
+        try:
+            return await self.claim_and_load(epoch, migration_id, owner, ttl_s) is not None
+        except NotFound:
+            return False
 
     async def renew_lease(self, epoch: int, migration_id: str, owner: str, ttl_s: float) -> bool:
         """Extend a lease ``owner`` still holds; False (and nothing written) once it was released or taken.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cnf.errors import NotFound
-from cnf.grpc.peer_client import PeerConnection, RetryPolicy, remote_drivers
+from cnf.grpc.peer_client import PeerConnection, RetryPolicy, connect_drivers, remote_drivers
 from cnf.grpc.tls import TlsFiles
 from cnf.ports import ClusterDrivers
 
@@ -52,6 +52,22 @@ class PeerDirectory:
         drivers = remote_drivers(conn, as_number=as_number, default_next_hop=default_next_hop)
         self._entries[cluster_id] = _Entry(drivers, conn)
         return drivers
+
+    async def attach(self, cluster_id: str, address: str) -> None:
+        """Probe ``cluster_id``'s agent at ``address`` (``Describe``: who it is, its AS and next hop), then register.
+
+        Raises what the probe raises (``DriverUnavailable`` when the agent does not answer, ``ConfigError`` when
+        another cluster answers there); nothing is registered then. The probe's connection is closed either way.
+        """
+        conn = PeerConnection(address, peer_cluster_id=cluster_id, local_cluster_id=self.local_cluster_id,
+                              tls=self._tls, epoch_provider=self._epoch_provider,
+                              allow_plaintext=self._allow_plaintext, timeouts=self._timeouts, retry=self._retry)
+        try:
+            probe = await connect_drivers(conn)
+        finally:
+            await conn.close()
+        self.register(cluster_id, address, as_number=probe.bgp.as_number,
+                      default_next_hop=probe.bgp.default_next_hop)
 
     def unregister(self, cluster_id: str) -> None:
         old = self._entries.pop(cluster_id, None)

@@ -64,32 +64,23 @@ class FrrVtySession:
     async def run(self, commands: Sequence[str]) -> tuple[int, str]:
         """Run ``commands`` in order; returns (status of the first failing command or 0, all output so far)."""
         async with self._lock:
-            reused = self._writer is not None
-            try:
-                return await asyncio.wait_for(self._run_locked(commands), timeout=self.timeout)
-            except TimeoutError:
-                self._drop()
-                raise VtyUnreachable(f"{self.path}: no answer within {self.timeout}s") from None
-            except asyncio.CancelledError:
-                self._drop()  # cancelled mid-answer: unread bytes would be taken for the next command's
-                raise
-            except (ConnectionError, EOFError, asyncio.IncompleteReadError) as exc:
-                self._drop()
-                if not reused:
-                    raise VtyUnreachable(f"{self.path}: {exc or type(exc).__name__}") from exc
-            # the connection was opened by an earlier batch and has broken since (e.g. the daemon restarted):
+            # a connection opened by an earlier batch may have broken since (e.g. the daemon restarted): then
             # open a new one and run the whole batch once more
-            try:
-                return await asyncio.wait_for(self._run_locked(commands), timeout=self.timeout)
-            except TimeoutError:
-                self._drop()
-                raise VtyUnreachable(f"{self.path}: no answer within {self.timeout}s") from None
-            except asyncio.CancelledError:
-                self._drop()
-                raise
-            except (ConnectionError, EOFError, asyncio.IncompleteReadError) as exc:
-                self._drop()
-                raise VtyUnreachable(f"{self.path}: {exc or type(exc).__name__}") from exc
+            retry_once = self._writer is not None
+            while True:
+                try:
+                    return await asyncio.wait_for(self._run_locked(commands), timeout=self.timeout)
+                except TimeoutError:
+                    self._drop()
+                    raise VtyUnreachable(f"{self.path}: no answer within {self.timeout}s") from None
+                except asyncio.CancelledError:
+                    self._drop()  # cancelled mid-answer: unread bytes would be taken for the next command's
+                    raise
+                except (ConnectionError, EOFError, asyncio.IncompleteReadError) as exc:
+                    self._drop()
+                    if not retry_once:
+                        raise VtyUnreachable(f"{self.path}: {exc or type(exc).__name__}") from exc
+                    retry_once = False
 
     async def close(self) -> None:
         async with self._lock:

@@ -43,7 +43,7 @@ from celery import Celery, Task
 from cnf.clock import SystemClock
 from cnf.config import CNFConfig, load_config
 from cnf.db.store import FederationStore, make_engine
-from cnf.errors import ConfigError, Conflict, Fenced, NotFound, NotMaster
+from cnf.errors import CNFError, ConfigError, Conflict, Fenced, NotFound, NotMaster
 from cnf.migration.engine import EngineSettings, MigrationEngine
 from cnf.migration.model import MigrationEvent, MigrationRecord
 from cnf.ports import ClusterDrivers, DriverDirectory
@@ -126,18 +126,37 @@ class SimWorldDirectory:
             return list(world.clusters)
 
 
-def build_worker_directory(config: CNFConfig) -> DriverDirectory:
+@dataclass
+class TaskEpoch:
+    """The epoch of the task being run: what the worker's peer calls carry (peers refuse a stale one)."""
+
+    value: int | None = None
+
+
+def build_worker_directory(config: CNFConfig, epoch: TaskEpoch) -> DriverDirectory:
     """The drivers a worker acts through.
 
-    Supported: sim drivers on a shared world (``sim.state_file``), embedded or not — the worker acts on
-    every cloud of the world directly, as the embedded agent does. A federation of real clouds needs the
-    worker to reach other clouds through their agents (``PeerDirectory``); that wiring is not done yet,
-    so it is refused with a clear error rather than half-working.
+    - A federation (``tls.dir`` set, or ``tls.allow_plaintext``): every cloud, this node's own included, is
+      reached through its agent over CNFPeer (``PeerDirectory``, mTLS with this node's certificate), with the
+      epoch of the task being run. The worker holds no driver of its own: an agent's drivers (its FRR
+      session, its QEMU monitors, its sim world) live in the agent process, and two processes driving one
+      QEMU monitor would fight. Clouds are attached as migrations need them (``MigrationTaskBody.reach``).
+    - Otherwise: sim drivers on a shared world (``sim.state_file``) — the embedded default and the crash
+      matrix; the worker acts on every cloud of the world directly, as the embedded agent does.
     """
+    tls_cfg = config.tls
+    if tls_cfg.dir or tls_cfg.allow_plaintext:
+        from cnf.grpc.directory import PeerDirectory
+        from cnf.grpc.tls import TlsFiles
+
+        tls = TlsFiles.in_dir(tls_cfg.dir, config.cluster_id) if tls_cfg.dir else None
+        return PeerDirectory(local_cluster_id=config.cluster_id, tls=tls, epoch_provider=lambda: epoch.value,
+                             allow_plaintext=tls_cfg.allow_plaintext)
     d = config.drivers
     if {d.cloud, d.storage, d.bgp, d.hypervisor} != {"sim"} or not config.sim.state_file:
-        raise ConfigError("the Celery worker needs sim drivers on a shared world (sim.state_file); "
-                          "real-driver federations use tasks.runner: inprocess for now", key="tasks.runner")
+        raise ConfigError("a Celery worker reaches the clouds through their agents (set tls.dir, as the agents "
+                          "have) or, with sim drivers only, through a shared world (sim.state_file)",
+                          key="tls.dir")
     fabric = SimFabric(clock=SystemClock(), state_file=config.sim.state_file)
     fabric.replication_mbps = config.sim.replication_mbps
     return SimWorldDirectory(fabric)
@@ -152,6 +171,7 @@ class MigrationTaskBody:
     engine: MigrationEngine
     loop: asyncio.AbstractEventLoop
     owner: str
+    epoch: TaskEpoch = field(default_factory=TaskEpoch)
     pid: int = field(default_factory=os.getpid)
 
     @classmethod
@@ -164,12 +184,33 @@ class MigrationTaskBody:
         asyncio.set_event_loop(loop)
         store = FederationStore(make_engine(config.database.url))
         settings = EngineSettings(call_timeout_s=min(30.0, config.tasks.step_time_limit_s))
-        engine = MigrationEngine(build_worker_directory(config), SystemClock(), settings)
+        epoch = TaskEpoch()
+        engine = MigrationEngine(build_worker_directory(config, epoch), SystemClock(), settings)
         return cls(config=config, store=store, engine=engine, loop=loop,
-                   owner=f"{socket.gethostname()}:{os.getpid()}")
+                   owner=f"{socket.gethostname()}:{os.getpid()}", epoch=epoch)
 
     def run(self, migration_id: str, epoch: int, version: float | None) -> tuple[float | None, float | None]:
         return self.loop.run_until_complete(self.advance(migration_id, epoch, version))
+
+    async def reach(self, rec: MigrationRecord) -> None:
+        """Attach (federation) the agents of the migration's two clouds the first time a task needs them.
+
+        A cloud whose agent does not answer is left out: the engine's step then fails with a retryable
+        ``DriverUnavailable`` ("no route to a cloud of this migration yet") and the chain retries.
+        """
+        from cnf.grpc.directory import PeerDirectory
+
+        directory = self.engine.directory
+        if not isinstance(directory, PeerDirectory):
+            return
+        missing = {rec.source_cluster_id, rec.dest_cluster_id} - set(directory.cluster_ids())
+        for row in await self.store.list_clusters() if missing else []:
+            if row.id in missing and row.grpc_addr:
+                try:
+                    await directory.attach(row.id, row.grpc_addr)
+                    log.info("peer_attached", peer=row.id, address=row.grpc_addr)
+                except CNFError as e:
+                    log.warning("peer_unreachable", peer=row.id, address=row.grpc_addr, error=e.message)
 
     async def _heartbeat(self, epoch: int, migration_id: str, ttl: float) -> None:
         while True:
@@ -201,6 +242,8 @@ class MigrationTaskBody:
             if version is not None and rec.updated_at != version:
                 log.info("task_dropped", migration_id=migration_id, reason="overtaken by another chain")
                 return None, None
+            self.epoch.value = epoch
+            await self.reach(rec)
             # the save hands the lease back in its own transaction: 2 database round trips per step, not 5
             delay = await asyncio.wait_for(
                 drive_one_action(self.store, self.engine, migration_id, epoch=epoch, owner=self.owner,

@@ -64,12 +64,20 @@ async def drive_one_action(store: FederationStore, engine: MigrationEngine, migr
 
 class InProcessRunner:
     def __init__(self, store: FederationStore, engine: MigrationEngine, clock: Clock,
-                 epoch: Callable[[], int | None], observers: Sequence[EventObserver] = ()) -> None:
+                 epoch: Callable[[], int | None], observers: Sequence[EventObserver] = (),
+                 max_parallel_actions: int = 8) -> None:
+        """``max_parallel_actions``: engine actions in flight at once, whatever the number of migrations.
+
+        Why: each action holds a database connection for its save; 1,000 migrations submitted at once would
+        otherwise all wait on the connection pool and time out there (measured: QueuePool timeouts after 30 s
+        at 1,000 concurrent sim migrations). Waiting on this semaphore is fair and costs nothing.
+        """
         self.store = store
         self.engine = engine
         self.clock = clock
         self.epoch = epoch
         self.observers = list(observers)
+        self._slots = asyncio.Semaphore(max_parallel_actions)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -108,8 +116,9 @@ class InProcessRunner:
         failures = 0
         while not self._stopping:
             try:
-                delay = await drive_one_action(self.store, self.engine, migration_id, epoch=self.epoch(),
-                                               observers=self.observers)
+                async with self._slots:
+                    delay = await drive_one_action(self.store, self.engine, migration_id, epoch=self.epoch(),
+                                                   observers=self.observers)
                 failures = 0
             except (Fenced, NotMaster) as e:
                 log.warning("migration_driver_stopped", migration_id=migration_id, reason=e.message)

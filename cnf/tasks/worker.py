@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnf-worker: {e.message}", file=sys.stderr)
         return 2
     os.environ["CNF_CONFIG"] = os.path.abspath(args.config)
-    from cnf.tasks.migration_tasks import QUEUE, build_worker_directory, configure_app
+    from cnf.tasks.migration_tasks import QUEUE, TaskEpoch, build_worker_directory, configure_app
 
     try:
-        build_worker_directory(cfg)  # fail fast, with one line, on a configuration the worker cannot serve
+        build_worker_directory(cfg, TaskEpoch())  # fail fast, with one line, on a configuration the worker cannot serve
     except ConfigError as e:
         print(f"cnf-worker: {e.message}", file=sys.stderr)
         return 2

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ from cnf.sim.demo import DEMO_CLUSTERS
 from cnf.sim.fabric import FaultRule, SimFabric
 from cnf.tasks.migration_tasks import SimWorldDirectory
 from cnf.tasks.runner import drive_one_action
+from lab.redis import RedisServer
 
 SRC, DST = DEMO_CLUSTERS[0][0], DEMO_CLUSTERS[1][0]
 TEST_OWNER = "crash-test:0"
@@ -100,49 +99,6 @@ class Proc:
             except ProcessLookupError:
                 pass
         self.proc = None
-
-
-@dataclass
-class RedisServer:
-    port: int
-    workdir: Path
-    proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:  # a fresh machine: install it (scripts/deps/apt-durable-work.txt lists it too)
-            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "redis-server"], check=True,
-                           timeout=600, stdout=subprocess.DEVNULL)
-            exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed (scripts/deps/apt-durable-work.txt)"
-        self.proc = Proc("redis", [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
-                         self.workdir / "redis.log")
-        self.proc.start()
-        wait_for(self.ping, 10, "redis to answer")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same port, empty: every queued task is gone."""
-        self.stop()
-        wait_for(lambda: not self.ping(), 10, "redis to stop")
-        self.start()
 
 
 @dataclass

@@ -140,6 +140,12 @@ def _run(*args: str) -> None:
 
 @pytest.fixture
 def federation(etcd: EtcdCluster, pg_url: str, tmp_path: Path) -> Iterator[Federation]:
+    yield from start_federation(etcd, pg_url, tmp_path)
+
+
+def start_federation(etcd: EtcdCluster, pg_url: str, tmp_path: Path,
+                     tasks: dict[str, Any] | None = None) -> Iterator[Federation]:
+    """Three agents (a generator for fixtures); ``tasks``: the agents' ``tasks`` config section (runner...)."""
     tls = tmp_path / "tls"
     _run("ca", "init", "--dir", str(tls))
     state = tmp_path / "sim-world.json"
@@ -159,6 +165,8 @@ def federation(etcd: EtcdCluster, pg_url: str, tmp_path: Path) -> Iterator[Feder
             "sim": {"state_file": str(state), "vms": 2, "replication_mbps": 4000},
             "state_dir": str(tmp_path / f"{name}-state"),
         }
+        if tasks:
+            cfg["tasks"] = tasks
         a.config.write_text(yaml.safe_dump(cfg))
         agents.append(a)
     fed = Federation(agents=agents, etcd=etcd, state_file=state)
