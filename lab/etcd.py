@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.loopback import free_ports
+from lab.owned_process import end_process, kill_processes, process_alive
 
 DEFAULT_STATE_DIR = Path("/tmp/cnf-lab-etcd")
 
@@ -147,7 +147,7 @@ class EtcdCluster:
         m = self.member(name)
         if m.proc is not None:
             return m.proc.poll() is None
-        return m.pid is not None and _pid_alive(m.pid)
+        return m.pid is not None and process_alive(m.pid)
 
     def member_healthy(self, name: str, timeout: float = 1.0) -> bool:
         m = self.member(name)
@@ -202,12 +202,9 @@ class EtcdCluster:
         """SIGKILL one member (a crash: no graceful leave)."""
         m = self.member(name)
         if m.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(m.pid, signal.SIGKILL)
-            if m.proc is not None:
-                m.proc.wait(timeout=10)
-        m.pid = None
-        m.proc = None
+            if kill_processes([m.pid], within_s=10.0):
+                raise TimeoutError(f"etcd member {name} (pid {m.pid}) still runs 10 s after SIGKILL")
+        _forget_process(m)
         self._write_state()
 
     def restart_member(self, name: str, timeout: float = 30.0, *, wait: bool = True) -> None:
@@ -231,9 +228,8 @@ class EtcdCluster:
         for m in self.members:
             if m.pid is None:
                 continue
-            _terminate(m.pid, m.proc)
-            m.pid = None
-            m.proc = None
+            end_process(m.pid, grace_s=5.0)
+            _forget_process(m)
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         else:
@@ -258,31 +254,12 @@ class EtcdCluster:
             (self.base_dir / "cluster.json").write_text(json.dumps(state, indent=1))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _terminate(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        if proc is not None:
-            if proc.poll() is not None:
-                return
-        elif not _pid_alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if proc is not None:
-        proc.wait(timeout=5)
+def _forget_process(m: EtcdMember) -> None:
+    """Drop an ended member's process; ``owned_process`` reaped it, ``poll`` lets the Popen record that."""
+    if m.proc is not None:
+        m.proc.poll()
+    m.pid = None
+    m.proc = None
 
 
 def _down(state_dir: Path) -> None:
@@ -293,7 +270,7 @@ def _down(state_dir: Path) -> None:
     state = json.loads(path.read_text())
     for m in state["members"]:
         if m["pid"]:
-            _terminate(int(m["pid"]), None)
+            end_process(int(m["pid"]), grace_s=5.0)
     shutil.rmtree(state_dir, ignore_errors=True)
     print("etcd cluster stopped")
 

@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lab.owned_process import end_processes
 
 FRR_LIB = Path("/usr/lib/frr")
 FRR_ETC = Path("/etc/frr")
@@ -170,7 +170,7 @@ class FrrLab:
         """
         present = [r for r in self.routers
                    if Path("/run/netns", r.namespace).exists() or (FRR_ETC / r.namespace).exists()]
-        _terminate([pid for r in present for pid in self._namespace_pids(r.namespace)])
+        _end_daemons([pid for r in present for pid in self._namespace_pids(r.namespace)])
         for r in present:
             _run(["ip", "netns", "del", r.namespace], check=False)
             shutil.rmtree(FRR_ETC / r.namespace, ignore_errors=True)
@@ -183,7 +183,7 @@ class FrrLab:
 
     def stop_router(self, name: str) -> None:
         """Stop one FRR (watchfrr first, so it restarts nothing, then its daemons); returns when they are gone."""
-        _terminate(self._namespace_pids(self.router(name).namespace))
+        _end_daemons(self._namespace_pids(self.router(name).namespace))
 
     def daemon_pid(self, name: str, daemon: str) -> int | None:
         """The PID of ``daemon`` of router ``name``, only if that process really runs in the router's netns."""
@@ -294,33 +294,15 @@ class FrrLab:
         return [int(x) for x in proc.stdout.split() if x.isdigit()]
 
 
-def _terminate(pids: list[int], grace: float = 3.0) -> None:
-    """SIGTERM ``pids`` (watchfrr first), wait up to ``grace`` seconds, SIGKILL what is left. Only our PIDs."""
+def _end_daemons(pids: list[int]) -> None:
+    """End FRR daemons by PID (SIGTERM, SIGKILL after 3 s), watchfrr first so it restarts nothing."""
     def comm(pid: int) -> str:
         try:
             return Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             return ""
 
-    for pid in sorted(pids, key=lambda p: comm(p) != "watchfrr"):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)  # a test may have frozen it
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    end_processes(sorted(pids, key=lambda p: comm(p) != "watchfrr"), grace_s=3.0)
 
 
 _shared_lab: FrrLab | None = None

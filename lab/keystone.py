@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.loopback import free_port
+from lab.openstack_config import fernet_key_repository
+from lab.owned_process import end_process
 
 STATE_DIR = Path(os.environ.get("CNF_LAB_KEYSTONE_STATE", "/tmp/cnf-lab-keystone"))
 PASSWORD = "secret"  # lab-only
@@ -78,17 +79,6 @@ def _run(argv: list[str], log: Path, timeout: float = 300, env: dict[str, str] |
                               env={**os.environ, **(env or {})}, check=False)
     if proc.returncode != 0:
         raise KeystoneLabError(f"{argv[0]} ... exited {proc.returncode}; see {log}")
-
-
-def _key_repository(path: Path) -> None:
-    """What ``keystone-manage fernet_setup`` creates: key 0 (staged) and 1 (primary), mode 0600."""
-    from cryptography.fernet import Fernet
-
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    for name in ("0", "1"):
-        (path / name).write_bytes(Fernet.generate_key())
-        os.chmod(path / name, 0o600)
 
 
 def _schema(venv: Path, manage: list[str], db: Path, log: Path) -> None:
@@ -168,30 +158,9 @@ class KeystoneLab:
         return str(tok)
 
     def down(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGTERM)
-        end = time.monotonic() + 10
-        while time.monotonic() < end and _alive(self.pid):
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(self.pid, os.WNOHANG)
+        """End uwsgi's process group (SIGTERM, SIGKILL after 10 s) and remove the data directory."""
+        end_process(self.pid, grace_s=10.0, group=True)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def _password(c: dict[str, str]) -> Any:
@@ -248,11 +217,13 @@ connection = sqlite:///{root}/keystone.db
 provider = fernet
 [fernet_tokens]
 key_repository = {root}/fernet
+[fernet_receipts]
+key_repository = {root}/fernet
 [credential]
 key_repository = {root}/cred
 """)
-    _key_repository(root / "fernet")
-    _key_repository(root / "cred")
+    fernet_key_repository(root / "fernet")
+    fernet_key_repository(root / "cred")
     setup = logs / "setup.log"
     py = str(venv / "bin" / "python")
     manage = [py, "-c", "import sys; from keystone.cmd.manage import main; sys.argv[0] = 'keystone-manage'; "
