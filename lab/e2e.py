@@ -1,4 +1,4 @@
-"""One live migration where the real parts are real: QEMU on an RBD image, Ceph mirroring, FRR, CNF's engine.
+"""One live migration where the real parts are real: QEMU on an RBD image with a NIC, Ceph mirroring, FRR, CNF's engine.
 
 Why: the product's promise is "the VM keeps running and keeps its IP while it moves between clouds". This lab
 shows it whole on one machine and measures what a user would notice, with instruments that are *not* CNF's own
@@ -6,27 +6,34 @@ bookkeeping:
 
 * two Ceph clusters with two-way snapshot rbd-mirror (``lab.ceph``); the guest's disk is the RBD image
   ``vms/<vm>_disk`` opened by QEMU through ``rbd:`` (qemu-block-extra);
-* an FRR route server and two cloud routers in their own network namespaces (``lab.frr``); cloud ``a`` announces
-  the VM's /32 with its router as next-hop, the handoff goes through ``FrrBgpSpeaker``;
-* one QEMU "host" per cloud (``lab.qemu`` style ``QemuHypervisor``, TCG), the tiny heartbeat guest of ``lab.guest``;
+* an FRR route server and two cloud routers in their own network namespaces (``lab.frr``); each cloud router
+  announces the VM's /32 with *its host* as next-hop, the handoff goes through ``FrrBgpSpeaker``;
+* the guest's network (``lab.e2e_net``): a host namespace per cloud on the fabric segment, the guest's virtio-net
+  NIC on a tap there (same gateway address and MAC on both hosts), and a probe namespace outside both clouds that
+  reaches the VM only through the route server's BGP-learned route;
+* one QEMU "host" per cloud (``QemuHypervisor``, TCG), the tiny heartbeat guest of ``lab.guest`` with the VM's IP;
 * CNF's ``MigrationEngine`` with the real drivers for storage (``CephRbdMirror``), BGP (``FrrBgpSpeaker``) and
   hypervisor (``QemuHypervisor``); the cloud port (Nova) is ``SimCloud``: the OpenStack lab is not wired in here.
 
-What is measured, by the lab itself:
+What is measured, by the lab itself (``lab.e2e_probe`` instruments, ``lab.e2e_report`` rules; docs/lab.md):
 
 * guest pause: the gap in the guest's serial heartbeat (both serial logs tailed every 2 ms, host wall clock), and
   QEMU's STOP (source) -> RESUME (destination) event timestamps, and QEMU's own ``downtime``;
-* network blackout: the guest has no NIC in this slice, so "reachable" is approximated by the route server's
-  kernel route for the /32 (BGP-installed, watched with ``ip monitor route`` in the RS namespace): the longest
-  interval during which it does not lead to the cloud whose QEMU is running the guest (missing, wrong cloud, or
-  the guest paused) - see docs/lab.md;
+* network blackout: the probe pings 10.99.0.5 every 10 ms through the migration; the longest run of unanswered
+  requests. Which host the replies came from is read from the taps' packet counters. The route server's kernel
+  route for the /32 (``ip monitor route``) gives a secondary, packet-free figure;
 * total wall time of the migration; data integrity: a 4 KiB block written through the *source* QEMU's block layer
-  (HMP ``qemu-io``) before the migration is read back through librbd from the destination site's image and
-  through the destination QEMU (``qemu-io read -P``).
+  (HMP ``qemu-io``) before the migration is read back through librbd and through QEMU where the VM ends up;
+  guest health: the heartbeat counter continues and no kernel error appears on either console.
+
+A migration can be made to fail right before the point of no return (``fail_before_promote``): the destination
+QEMU is killed while the guest waits in ``pre-switchover`` with the source already demoted; the engine must hand
+everything back (VM running, image primary and /32 announced at the source only).
 
 CLI: ``python -m lab.e2e up`` (prints each part's bring-up time; state in ``<root>/e2e.json``, root remembered in
-``/run/cnf-lab/e2e-current``), ``python -m lab.e2e migrate [--to a|b]`` (one migration, prints the timeline and
-the figures as text and one JSON line), ``python -m lab.e2e down`` (ends every process it started by PID).
+``/run/cnf-lab/e2e-current``), ``python -m lab.e2e migrate [--to a|b] [--fail-before-promote]`` (one migration,
+prints the timeline and the figures as text and one JSON line), ``python -m lab.e2e status``,
+``python -m lab.e2e down`` (ends every process it started by PID, removes its namespaces).
 """
 
 from __future__ import annotations
@@ -36,13 +43,10 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -59,6 +63,7 @@ from cnf.migration.model import (
     MigrationOptions,
     MigrationRecord,
     MigrationState,
+    StepStatus,
     VmRef,
 )
 from cnf.network.bgp import FrrBgpSpeaker
@@ -67,20 +72,27 @@ from cnf.ports import ClusterDrivers, DriverDirectory, StaticDirectory
 from cnf.sim.fabric import SimFabric
 from cnf.storage.ceph import CephRbdMirror, CephSiteConfig
 from lab.ceph import POOL, SYSTEM_PYTHON, CephMirrorLab
+from lab.e2e_net import GATEWAY_IP, VM_IP, GuestNetwork
+from lab.e2e_probe import PingProbe, RouteWatch, SerialTail, kernel_errors
+from lab.e2e_report import Observation, figures, print_report, replies_from, summary
 from lab.frr import FrrLab, LabRouter, lab_prerequisites_missing
 from lab.guest import build_guest
+from lab.qemu import wait_heartbeats
 
 STATE_DIR = Path("/run/cnf-lab")
 CURRENT = STATE_DIR / "e2e-current"
 CLUSTERS = ("a", "b")
+HOST_ADDRESSES = {"a": "10.255.0.21", "b": "10.255.0.22"}  # the hosts on the fabric segment (BGP next-hops)
 VM_ID = "e2e-vm1"
-VM_IP = "10.99.0.5"
 PREFIX = f"{VM_IP}/32"
 IMAGE = f"{VM_ID}_disk"  # SimFabric names a VM's image "<vm>_disk"
 IMAGE_MB = 64
 RAM_MB = 128
 HB_MS = 100
-HB_RE = re.compile(rb"^HB (\d+)\s*$")
+#: the step right before which ``fail_before_promote`` kills the destination QEMU (the point of no return)
+PONR_STEP = "cutover.promote_destination"
+
+__all__ = ["CLUSTERS", "E2EError", "E2ELab", "print_report", "state_of_world", "summary"]
 
 
 class E2EError(RuntimeError):
@@ -89,149 +101,6 @@ class E2EError(RuntimeError):
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-# --- instruments ---------------------------------------------------------------------------------------------
-
-
-class SerialTail(threading.Thread):
-    """Timestamps (host wall clock) every ``HB n`` line appended to a serial log, surviving file re-creation.
-
-    Lines already in the file when the tail starts are skipped (only what happens during the migration counts).
-    """
-
-    def __init__(self, path: Path, period_s: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.period_s = period_s
-        self.beats: list[tuple[float, int]] = []
-        self._stop_flag = threading.Event()
-        try:
-            st = path.stat()
-            self._ino, self._off = st.st_ino, st.st_size
-        except OSError:
-            self._ino, self._off = 0, 0
-        self._partial = b""
-
-    def run(self) -> None:
-        while not self._stop_flag.is_set():
-            self._poll()
-            time.sleep(self.period_s)
-        self._poll()
-
-    def _poll(self) -> None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return
-        if st.st_ino != self._ino or st.st_size < self._off:  # a new QEMU created the file again
-            self._ino, self._off, self._partial = st.st_ino, 0, b""
-        if st.st_size == self._off:
-            return
-        now = time.time()
-        with self.path.open("rb") as f:
-            f.seek(self._off)
-            data = f.read()
-        self._off += len(data)
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
-        for line in lines:
-            m = HB_RE.match(line.strip())
-            if m:
-                self.beats.append((now, int(m.group(1))))
-
-    def stop(self) -> None:
-        self._stop_flag.set()
-        self.join(5)
-
-
-class RouteWatch(threading.Thread):
-    """The route server's forwarding route for the /32, as the kernel in its namespace has it, with change times.
-
-    Why the kernel FIB and not ``vtysh``: it is what forwards a probe's packets, and ``ip monitor route`` reports
-    every change as it happens (a ``vtysh`` poll costs 50-150 ms on a loaded 2-core machine). The first state is
-    read once with ``ip route show``; ``changes`` holds ``(wall time, next-hop or None)``.
-    """
-
-    VIA_RE = re.compile(r"\bvia (\S+)")
-
-    def __init__(self, rs: LabRouter, prefix: str) -> None:
-        super().__init__(daemon=True)
-        self.namespace = rs.namespace
-        self.address = prefix.split("/")[0]
-        self.changes: list[tuple[float, str | None]] = []
-        self._proc: subprocess.Popen[str] | None = None
-        self._ready = threading.Event()
-
-    def current(self) -> str | None:
-        p = subprocess.run(["ip", "-n", self.namespace, "route", "show", f"{self.address}/32"], capture_output=True,
-                           text=True, timeout=10, check=False)
-        m = self.VIA_RE.search(p.stdout)
-        return m.group(1) if m else None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(["ip", "-n", self.namespace, "monitor", "route"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.changes.append((time.time(), self.current()))
-        super().start()
-
-    def run(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            now = time.time()
-            words = line.split()
-            if not words:
-                continue
-            deleted = words[0] == "Deleted"
-            dest = words[1] if deleted and len(words) > 1 else words[0]
-            if dest not in (self.address, f"{self.address}/32"):
-                continue
-            m = self.VIA_RE.search(line)
-            nh = None if deleted or not m else m.group(1)
-            if deleted and self.changes and m and self.changes[-1][1] != m.group(1):
-                continue  # the old path of a replaced route going away: the new one is already recorded
-            if not self.changes or self.changes[-1][1] != nh:
-                self.changes.append((now, nh))
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(5)
-        self.join(5)
-
-
-def blackout_ms(changes: list[tuple[float, str | None]], start: float, end: float, src_nh: str, dst_nh: str,
-                stop_at: float | None, resume_at: float | None) -> float:
-    """Longest interval in [start, end] in which the RS's best path does not lead to a running guest.
-
-    The guest runs at the source before ``stop_at`` (source STOP) and at the destination from ``resume_at``
-    (destination RESUME); in between it runs nowhere.
-    """
-    stop_at = stop_at if stop_at is not None else end
-    resume_at = resume_at if resume_at is not None else end
-    marks = sorted({start, end, stop_at, resume_at, *(t for t, _ in changes if start < t < end)})
-
-    def nh_at(t: float) -> str | None:
-        cur: str | None = None
-        for ct, nh in changes:
-            if ct <= t:
-                cur = nh
-        return cur
-
-    def served(t: float) -> bool:
-        nh = nh_at(t)
-        return (t < stop_at and nh == src_nh) or (t >= resume_at and nh == dst_nh)
-
-    longest, run_start = 0.0, None
-    for i in range(len(marks) - 1):
-        mid = (marks[i] + marks[i + 1]) / 2
-        if not served(mid):
-            run_start = marks[i] if run_start is None else run_start
-            longest = max(longest, marks[i + 1] - run_start)
-        else:
-            run_start = None
-    return round(longest * 1000.0, 1)
 
 
 # --- the lab -------------------------------------------------------------------------------------------------
@@ -245,6 +114,7 @@ class E2ELab:
     ceph_root: Path = Path()
     ceph_shared: bool = False  # the Ceph pair belongs to someone else (tests: lab.ceph's shared lab): never stop it
     frr_token: str = ""
+    net_token: str = ""
     kernel: str = ""
     initrd: str = ""
     append: str = ""
@@ -279,18 +149,27 @@ class E2ELab:
     def frr(self) -> FrrLab:
         return FrrLab(clouds=2, spares=0, token=self.frr_token)
 
+    @property
+    def net(self) -> GuestNetwork:
+        frr = self.frr
+        routers = {cid: (r.namespace, r.address) for cid, r in zip(CLUSTERS, frr.cloud_routers, strict=True)}
+        return GuestNetwork(token=self.net_token, rs_namespace=frr.route_server.namespace, routers=routers,
+                            hosts=dict(HOST_ADDRESSES))
+
     def router(self, cid: str) -> LabRouter:
         return self.frr.cloud_routers[CLUSTERS.index(cid)]
 
     def next_hop(self, cid: str) -> str:
-        return self.router(cid).address
+        """What cloud ``cid``'s router announces as the VM's next-hop: its host, where the VM's tap is."""
+        return HOST_ADDRESSES[cid]
 
     def site(self, cid: str) -> Any:
         return self.ceph.sites[CLUSTERS.index(cid)]
 
     def hypervisor(self, cid: str) -> QemuHypervisor:
         machine = QemuMachine(kernel=self.kernel, initrd=self.initrd, append=self.append,
-                              disk_template=f"rbd:{POOL}/{{image}}:conf={self.site(cid).conf}:id=admin")
+                              disk_template=f"rbd:{POOL}/{{image}}:conf={self.site(cid).conf}:id=admin",
+                              extra_args=self.net.qemu_args(cid))
         return QemuHypervisor(cid, self.root / "qemu" / cid, machine, command_timeout=10.0)
 
     def storage(self, cid: str) -> CephRbdMirror:
@@ -298,8 +177,11 @@ class E2ELab:
 
     def speaker(self, cid: str) -> FrrBgpSpeaker:
         r = self.router(cid)
-        return FrrBgpSpeaker(cid, r.as_number, r.address, pathspace=r.pathspace,
+        return FrrBgpSpeaker(cid, r.as_number, self.next_hop(cid), pathspace=r.pathspace,
                              observer_pathspace=self.frr.route_server.pathspace, command_timeout=5.0)
+
+    def probe(self, name: str) -> PingProbe:
+        return PingProbe(self.net.probe_namespace, VM_IP, self.root / f"probe-{name}.log")
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -345,9 +227,15 @@ class E2ELab:
                 self.save()
                 lab.up()
 
+            def net() -> None:
+                self.net_token = secrets.token_hex(3)
+                self.save()
+                self.net.up()
+
             def guest() -> None:
                 g = build_guest()
-                self.kernel, self.initrd, self.append = str(g.kernel), str(g.initrd), g.append(hb_ms=HB_MS)
+                self.kernel, self.initrd = str(g.kernel), str(g.initrd)
+                self.append = g.append(hb_ms=HB_MS, vm_ip=VM_IP, gateway=GATEWAY_IP)
 
             if ceph is None:
                 self._part("ceph: two sites + two-way rbd-mirror", ceph_up)
@@ -356,10 +244,13 @@ class E2ELab:
                 self.save()
                 _say(f"[up] ceph: reusing the running pair at {ceph.root}")
             self._part("frr: route server + 2 cloud routers", frr)
-            self._part("guest: kernel + busybox initramfs", guest)
+            self._part("net: host namespaces a/b + probe namespace on the route server's side", net)
+            self._part("guest: kernel + busybox initramfs (virtio-blk, virtio-net)", guest)
             self._part(f"rbd image {POOL}/{IMAGE} at site a, mirroring on", self._image)
-            self._part(f"qemu: boot {VM_ID} on host a from rbd:{POOL}/{IMAGE}", lambda: asyncio.run(self._boot()))
-            self._part(f"bgp: cloud a announces {PREFIX}", lambda: asyncio.run(self._announce()))
+            self._part(f"qemu: boot {VM_ID} on host a from rbd:{POOL}/{IMAGE}, NIC on host a's tap",
+                       lambda: asyncio.run(self._boot()))
+            self._part(f"bgp: cloud a announces {PREFIX} via host a", lambda: asyncio.run(self._announce()))
+            self._part(f"probe: {VM_IP} answers pings through the route server", self._first_pings)
         except BaseException:
             _say("[up] tearing down what was started")
             self.down()
@@ -391,7 +282,10 @@ class E2ELab:
         hv = self.hypervisor("a")
         try:
             await hv.boot(VM_ID, RAM_MB, IMAGE, append=self.append)
-            await _wait_beats(hv.serial_path(VM_ID), 3, 120.0)
+            await wait_heartbeats(hv.serial_path(VM_ID), count=3, within_s=120.0)
+            serial = hv.serial_path(VM_ID).read_text(errors="replace")
+            if "CNFGUEST net " + VM_IP not in serial:
+                raise E2EError(f"the guest did not configure its NIC: {serial[-400:]!r}")
         finally:
             await hv.close()
         self.where = "a"
@@ -399,14 +293,24 @@ class E2ELab:
     async def _announce(self) -> None:
         await self.speaker("a").announce(PREFIX)
         deadline = time.monotonic() + 30
-        watch = RouteWatch(self.frr.route_server, PREFIX)
+        watch = RouteWatch(self.frr.route_server.namespace, PREFIX)
         while watch.current() != self.next_hop("a"):
             if time.monotonic() > deadline:
                 raise E2EError("the route server did not learn the /32 from cloud a within 30 s")
             await asyncio.sleep(0.1)
 
+    def _first_pings(self) -> None:
+        probe = self.probe("up")
+        probe.start()
+        try:
+            if not probe.wait_answered(10, after=0.0, within_s=30.0):
+                sends, replies = probe.log()
+                raise E2EError(f"the probe got {len(replies)}/{len(sends)} replies from {VM_IP} in 30 s")
+        finally:
+            probe.stop()
+
     def down(self) -> None:
-        """End everything this lab started (QEMU, FRR, Ceph: by recorded PID / own namespaces), remove its dir."""
+        """End everything this lab started (QEMU, namespaces, FRR, Ceph: by PID / own names), remove its dir."""
         t0 = time.monotonic()
 
         async def qemu() -> None:
@@ -417,6 +321,9 @@ class E2ELab:
                     await hv.destroy_all()
         with contextlib.suppress(Exception):
             asyncio.run(qemu())
+        if self.net_token and self.frr_token:
+            with contextlib.suppress(Exception):
+                self.net.down()
         if self.frr_token:
             with contextlib.suppress(Exception):
                 self.frr.down()
@@ -439,14 +346,18 @@ class E2ELab:
                                                     storage=storages[cid], bgp=self.speaker(cid),
                                                     hypervisor=hosts[cid]) for cid in CLUSTERS})
 
-    async def migrate(self, dest: str | None = None, *, direct: bool = False,
-                      downtime_limit_ms: int | None = None) -> dict[str, Any]:
+    async def migrate(self, dest: str | None = None, *, direct: bool = False, downtime_limit_ms: int | None = None,
+                      fail_before_promote: bool = False) -> dict[str, Any]:
         """One live migration of the guest to the other cloud through ``MigrationEngine``; returns the figures.
 
         ``direct``: the benchmark's baseline - the same drivers called in the recipe's order without the engine
         (no preflight, no check-before-do, no polling countdowns), measured with the same instruments.
         ``downtime_limit_ms``: QEMU's ``downtime-limit`` (default: ``MigrationOptions``' 300 ms).
+        ``fail_before_promote``: kill the destination QEMU right before the point of no return (the source is
+        demoted, the guest waits in ``pre-switchover``); the engine must compensate (state ``failed``).
         """
+        if direct and fail_before_promote:
+            raise E2EError("failure injection needs the engine (not --direct)")
         src = self.where
         dst = dest or next(c for c in CLUSTERS if c != src)
         if dst == src or dst not in CLUSTERS:
@@ -463,6 +374,7 @@ class E2ELab:
         hosts = {cid: self.hypervisor(cid) for cid in CLUSTERS}
         storages = {cid: self.storage(cid) for cid in CLUSTERS}
         engine = MigrationEngine(self.directory(fabric, hosts, storages), clock)
+        net = self.net
         try:
             d = await hosts[src].domain(VM_ID)
             if d is None or d.state != "running":
@@ -481,32 +393,59 @@ class E2ELab:
                 options.downtime_limit_ms = downtime_limit_ms
             rec = engine.new_record(kind=MigrationKind.LIVE, vm=vm, source_cluster_id=src, dest_cluster_id=dst,
                                     dest_next_hop=self.next_hop(dst), options=options)
+            before_errors = kernel_errors(hosts[src].serial_path(VM_ID))
+            probe = self.probe(f"run{self.runs}")
             tails = {cid: SerialTail(hosts[cid].serial_path(VM_ID)) for cid in CLUSTERS}
-            route = RouteWatch(self.frr.route_server, PREFIX)
+            route = RouteWatch(self.frr.route_server.namespace, PREFIX)
+            t_probe_start = time.time()
+            probe.start()
             watchers: list[SerialTail | RouteWatch] = [*tails.values(), route]
-            for t in watchers:
-                t.start()
-            t0 = time.time()
+            started: list[SerialTail | RouteWatch] = []
             events: list[MigrationEvent] = []
             try:
+                for t in watchers:
+                    t.start()
+                    started.append(t)
+                # the probe must see the VM before the move: else a blackout would mean nothing
+                await asyncio.to_thread(probe.wait_answered, 10, after=0.0, within_s=10.0)
+                t0 = time.time()
                 if direct:
                     rec = await asyncio.wait_for(_direct(engine.directory, rec, events), 300.0)
                 else:
-                    rec = await _drive(engine, rec, events, deadline_s=300.0)
+                    rec = await _drive(engine, rec, events, deadline_s=300.0,
+                                       kill_destination_before=PONR_STEP if fail_before_promote else None)
                 t_end = time.time()
-                with contextlib.suppress(Exception):
-                    await _wait_beats_after(tails[dst], 3, 10.0)
+                serving = dst if rec.state == MigrationState.COMPLETED else src
+                taps_at_end = {cid: net.tap_packets(cid) for cid in CLUSTERS}
+                # the replies must resume (and be seen steadily) before the probe stops: 20 in a row = 200 ms
+                await asyncio.to_thread(probe.wait_answered, 20, after=t_end, within_s=15.0, consecutive=True)
+                with contextlib.suppress(TimeoutError):  # a guest that does not beat shows in the figures
+                    await wait_heartbeats(hosts[serving].serial_path(VM_ID), above=_last_beat(tails[serving]),
+                                          count=3, within_s=10.0)
+                taps_after = {cid: net.tap_packets(cid) for cid in CLUSTERS}
             finally:
-                for t in watchers:
+                for t in started:
                     t.stop()
-            figures = self._figures(rec, events, tails[src], tails[dst], route, t0, t_end, src, dst)
-            figures["mode"] = "direct" if direct else "engine"
-            figures["downtime_limit_ms"] = options.downtime_limit_ms
+                probe.stop()
+            t_probe_stop = time.time()
+            sends, replies = probe.log()
+            ob = Observation(src=src, dst=dst, t0=t0, t_end=t_end, t_probe_start=t_probe_start,
+                             t_probe_stop=t_probe_stop, sends=sends, replies=replies, src_tail=tails[src],
+                             dst_tail=tails[dst], route=route, src_next_hop=self.next_hop(src),
+                             dst_next_hop=self.next_hop(dst), taps_at_end=taps_at_end, taps_after=taps_after,
+                             hb_ms=HB_MS)
+            fig = figures(rec, events, ob)
+            if before_errors:  # the guest's kernel complained before this migration started
+                fig["guest_kernel_errors"] = [f"before: {e}" for e in before_errors] + fig["guest_kernel_errors"]
+            fig["mode"] = "direct" if direct else "engine"
+            fig["downtime_limit_ms"] = options.downtime_limit_ms
+            fig["failure_injected"] = fail_before_promote
             if rec.state == MigrationState.COMPLETED:
                 self.where = dst
-                figures["integrity"] = await self._integrity(hosts[dst], dst, offset, pattern)
+            if rec.state in (MigrationState.COMPLETED, MigrationState.FAILED):
+                fig["integrity"] = await self._integrity(hosts[serving], serving, offset, pattern)
             self.save()
-            return figures
+            return fig
         finally:
             for s in storages.values():
                 await _close_storage(s)
@@ -514,6 +453,7 @@ class E2ELab:
                 await h.close()
 
     async def _integrity(self, hv: QemuHypervisor, cid: str, offset: int, pattern: int) -> dict[str, Any]:
+        """The block written before the migration, read back at ``cid`` (where the VM runs now) two ways."""
         data = await asyncio.to_thread(_rbd_read, self.site(cid), IMAGE, offset, 4096)
         via_librbd = data == bytes([pattern]) * 4096
         # HMP qemu-io prints on QEMU's stdout (the driver's qemu.log), not on the monitor
@@ -527,55 +467,24 @@ class E2ELab:
                 break
             await asyncio.sleep(0.02)
         via_qemu = f"read 4096/4096 bytes at offset {offset}" in out and "verification failed" not in out
-        return {"offset": offset, "pattern": pattern, "dest_site_librbd_ok": via_librbd, "dest_qemu_read_ok": via_qemu,
-                "ok": via_librbd and via_qemu}
-
-    def _figures(self, rec: MigrationRecord, events: list[MigrationEvent], src_tail: SerialTail,
-                 dst_tail: SerialTail, route: RouteWatch, t0: float, t_end: float, src: str,
-                 dst: str) -> dict[str, Any]:
-        ctx = rec.context
-        last_src = max((b for b in src_tail.beats), default=None)
-        first_dst = min((b for b in dst_tail.beats), default=None)
-        hb_gap = (round((first_dst[0] - last_src[0]) * 1000.0 - HB_MS, 1)
-                  if last_src and first_dst else None)
-        stop_at, resume_at = ctx.get("e2e_src_stopped_at"), ctx.get("e2e_dst_resumed_at")
-        pause = round((resume_at - stop_at) * 1000.0, 1) if stop_at and resume_at else None
-        out: dict[str, Any] = {
-            "from": src, "to": dst, "state": str(rec.state), "error": rec.error,
-            "total_s": round(t_end - t0, 2),
-            "guest_pause_ms_heartbeat": hb_gap,
-            "guest_pause_ms_stop_resume": pause,
-            "qemu_downtime_ms": ctx.get("qemu_downtime_ms"),
-            "network_blackout_ms": blackout_ms(route.changes, t0, t_end + 0.5, self.next_hop(src),
-                                               self.next_hop(dst), stop_at, resume_at),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "cnf_network_blackout_ms": ctx.get("network_blackout_ms"),
-            "heartbeat": {"last_source": last_src[1] if last_src else None,
-                          "first_destination": first_dst[1] if first_dst else None,
-                          "continues": bool(last_src and first_dst and first_dst[1] == last_src[1] + 1),
-                          "destination_beats": len(dst_tail.beats)},
-        }
-        timeline = [{"t_ms": round((e.ts - t0) * 1000.0, 1), "kind": e.kind, "step": e.step, "message": e.message}
-                    for e in events if e.kind in ("step_done", "step_failed", "retry", "compensating",
-                                                  "completed", "failed", "needs_operator")]
-        marks = [("source STOP", stop_at), ("destination RESUME", resume_at),
-                 ("last source heartbeat", last_src[0] if last_src else None),
-                 ("first destination heartbeat", first_dst[0] if first_dst else None)]
-        marks += [(f"route server route -> {nh or 'none'}", t) for t, nh in route.changes]
-        marks += [(f"QEMU {side}: {name}", t) for side, name, t in ctx.get("e2e_qmp_events", [])]
-        timeline += [{"t_ms": round((t - t0) * 1000.0, 1), "kind": "lab", "step": "", "message": m}
-                     for m, t in marks if t is not None]
-        out["timeline"] = sorted(timeline, key=lambda e: float(e["t_ms"]))
-        out["steps_ms"] = {s.name: s.duration_ms for s in rec.steps}
-        return out
+        return {"cloud": cid, "offset": offset, "pattern": pattern, "site_librbd_ok": via_librbd,
+                "qemu_read_ok": via_qemu, "ok": via_librbd and via_qemu}
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
+def _last_beat(tail: SerialTail) -> int:
+    return tail.beats[-1][1] if tail.beats else -1
+
+
 async def _drive(engine: MigrationEngine, rec: MigrationRecord, events: list[MigrationEvent], *,
-                 deadline_s: float) -> MigrationRecord:
-    """The in-process runner's loop (no database): advance until terminal; keeps QEMU's STOP/RESUME times."""
+                 deadline_s: float, kill_destination_before: str | None = None) -> MigrationRecord:
+    """The in-process runner's loop (no database): advance until terminal; keeps QEMU's STOP/RESUME times.
+
+    ``kill_destination_before``: a step name; when the engine is about to run it (the previous step is done, its
+    own ``do`` not issued yet), the destination QEMU is SIGKILLed (the failure-injection run).
+    """
     t0 = time.monotonic()
     src_hv = engine.directory.drivers(rec.source_cluster_id).hypervisor
     dst_hv = engine.directory.drivers(rec.dest_cluster_id).hypervisor
@@ -594,6 +503,15 @@ async def _drive(engine: MigrationEngine, rec: MigrationRecord, events: list[Mig
                     q = await dst_hv.progress(rec.vm.id)
                     if q.resumed_at:
                         rec.context["e2e_dst_resumed_at"] = q.resumed_at
+        if (kill_destination_before and rec.state == MigrationState.RUNNING
+                and rec.current_step == kill_destination_before and "e2e_injected_at" not in rec.context
+                and rec.steps[rec.cursor].status == StepStatus.PENDING):
+            with contextlib.suppress(Exception):
+                p = await src_hv.progress(rec.vm.id)
+                rec.context["e2e_src_stopped_at"] = p.stopped_at
+            assert isinstance(dst_hv, QemuHypervisor)
+            dst_hv.kill_incoming(rec.vm.id)
+            rec.context["e2e_injected_at"] = time.time()
         _keep_qmp_events(rec, src_hv, "source")  # after every action: the source's handle goes away at cleanup
         _keep_qmp_events(rec, dst_hv, "destination")
         if adv.delay_s is None:
@@ -605,7 +523,11 @@ async def _drive(engine: MigrationEngine, rec: MigrationRecord, events: list[Mig
 
 async def _direct(directory: DriverDirectory, rec: MigrationRecord,
                   events: list[MigrationEvent]) -> MigrationRecord:
-    """Baseline: the tuned handover of lab/qemu-rbd through CNF's drivers, one call after the other, no engine."""
+    """Baseline: the tuned handover of lab/qemu-rbd through CNF's drivers, one call after the other, no engine.
+
+    Same order as the engine's live table (early announce at the destination, withdraw at the source after the
+    resume), without preflight, check-before-do or polling countdowns.
+    """
     s, d = directory.drivers(rec.source_cluster_id), directory.drivers(rec.dest_cluster_id)
     ctx = rec.context
 
@@ -621,6 +543,8 @@ async def _direct(directory: DriverDirectory, rec: MigrationRecord,
     mark("direct.sync")
     uri = await d.hypervisor.prepare_incoming(VM_ID, RAM_MB, IMAGE)
     mark("direct.prepare_incoming")
+    await d.bgp.announce(rec.vm.prefix, rec.dest_next_hop)  # early, as in the engine's table: the older path wins
+    mark("direct.announce_destination")
     await s.hypervisor.start_migration(VM_ID, uri, MigrationParams(downtime_limit_ms=rec.options.downtime_limit_ms))
     while (p := await s.hypervisor.progress(VM_ID)).status not in ("pre-switchover", "completed", "failed"):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
@@ -641,9 +565,8 @@ async def _direct(directory: DriverDirectory, rec: MigrationRecord,
     ctx["e2e_src_stopped_at"], ctx["e2e_dst_resumed_at"] = p.stopped_at, q.resumed_at
     _keep_qmp_events(rec, s.hypervisor, "source")
     _keep_qmp_events(rec, d.hypervisor, "destination")
-    await d.bgp.announce(rec.vm.prefix, rec.dest_next_hop)
     await s.bgp.withdraw(rec.vm.prefix)
-    mark("direct.bgp_handoff")
+    mark("direct.withdraw_source")
     await s.hypervisor.destroy_source(VM_ID)
     mark("direct.cleanup")
     rec.state = MigrationState.COMPLETED
@@ -700,33 +623,15 @@ def _rbd_read(site: Any, image: str, offset: int, length: int) -> bytes:
     return p.stdout
 
 
-def _beats(serial: Path) -> list[int]:
-    try:
-        data = serial.read_bytes()
-    except OSError:
-        return []
-    return [int(m.group(1)) for m in re.finditer(rb"^HB (\d+)\s*$", data, re.MULTILINE)]
-
-
-async def _wait_beats(serial: Path, count: int, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while len(_beats(serial)) < count:
-        if time.monotonic() > deadline:
-            tail = _beats(serial)[-3:]
-            raise E2EError(f"guest printed no heartbeat within {within_s:.0f} s: {tail!r}")
-        await asyncio.sleep(0.1)
-
-
-async def _wait_beats_after(tail: SerialTail, count: int, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while len(tail.beats) < count and time.monotonic() < deadline:  # noqa: ASYNC110 - a file has no event
-        await asyncio.sleep(0.05)
-
-
 def state_of_world(lab: E2ELab) -> dict[str, Any]:
-    """Where things are, read from the real components (for tests and the CLI): domains, image roles, routes."""
+    """Where things are, read from the real components (for tests and the CLI).
 
-    async def probe() -> dict[str, Any]:
+    ``running``: clouds whose QEMU runs the guest; ``primary``: sites where the image is primary; ``announcing``:
+    cloud routers originating the /32; ``rs_best_next_hop``: the route server's best path; ``host_routes``: hosts
+    that route the /32 to a tap (a QEMU with the guest's NIC runs there).
+    """
+
+    async def look() -> dict[str, Any]:
         out: dict[str, Any] = {"running": [], "primary": [], "announcing": []}
         for cid in CLUSTERS:
             hv, st, sp = lab.hypervisor(cid), lab.storage(cid), lab.speaker(cid)
@@ -743,44 +648,25 @@ def state_of_world(lab: E2ELab) -> dict[str, Any]:
                 await hv.close()
         best = await lab.speaker("a").fabric_best_path(PREFIX)
         out["rs_best_next_hop"] = best.next_hop if best else None
+        out["host_routes"] = [cid for cid in CLUSTERS if lab.net.host_route(cid)]
         return out
 
-    return asyncio.run(probe())
+    return asyncio.run(look())
 
 
-def print_report(fig: dict[str, Any]) -> None:
-    _say(f"\n== live migration {fig['from']} -> {fig['to']}: {fig['state']}" +
-         (f" ({fig['error']})" if fig.get("error") else ""))
-    for e in fig["timeline"]:
-        label = f"{e['step']}: " if e["step"] else ""
-        _say(f"  {e['t_ms']:>9.1f} ms  {e['kind']:<11} {label}{e['message']}")
-    hb = fig["heartbeat"]
-    _say("figures (measured by the lab):")
-    _say(f"  guest pause, serial heartbeat gap : {fig['guest_pause_ms_heartbeat']} ms "
-         f"(HB {hb['last_source']} on source -> HB {hb['first_destination']} on destination, "
-         f"continues={hb['continues']})")
-    _say(f"  guest pause, QEMU STOP->RESUME    : {fig['guest_pause_ms_stop_resume']} ms")
-    _say(f"  QEMU reported downtime            : {fig['qemu_downtime_ms']} ms")
-    _say(f"  network blackout (RS route)       : {fig['network_blackout_ms']} ms "
-         "(route server's kernel route for the /32 vs where the guest runs)")
-    _say(f"  machine load (1 min average)      : {fig['loadavg_1m']} on {os.cpu_count()} CPUs")
-    _say(f"  total                             : {fig['total_s']} s")
-    if "integrity" in fig:
-        i = fig["integrity"]
-        _say(f"  data integrity                    : {'OK' if i['ok'] else 'FAILED'} (block at {i['offset']} "
-             f"read back via librbd at the destination site: {i['dest_site_librbd_ok']}, "
-             f"via the destination QEMU: {i['dest_qemu_read_ok']})")
-    _say("E2E " + json.dumps({k: v for k, v in fig.items() if k != "timeline"}))
-
-
-def summary(figs: list[dict[str, Any]]) -> dict[str, float | None]:
-    def med(key: str) -> float | None:
-        vals = [float(f[key]) for f in figs if f.get(key) is not None and f["state"] == "completed"]
-        return round(statistics.median(vals), 1) if vals else None
-
-    return {"pause_ms_median": med("guest_pause_ms_heartbeat"), "blackout_ms_median": med("network_blackout_ms"),
-            "total_s_median": med("total_s"), "qemu_downtime_ms_median": med("qemu_downtime_ms"),
-            "stop_resume_ms_median": med("guest_pause_ms_stop_resume")}
+def ping_check(lab: E2ELab, *, count: int = 20, within_s: float = 10.0) -> dict[str, Any]:
+    """A short probe run: how many of the first requests were answered and through which host's tap."""
+    net = lab.net
+    before = {cid: net.tap_packets(cid) for cid in CLUSTERS}
+    probe = lab.probe(f"check{time.time_ns()}")
+    probe.start()
+    try:
+        ok = probe.wait_answered(count, after=0.0, within_s=within_s)
+    finally:
+        probe.stop()
+    after = {cid: net.tap_packets(cid) for cid in CLUSTERS}
+    sends, replies = probe.log()
+    return {"ok": ok, "sent": len(sends), "answered": len(replies), "through": replies_from(before, after)}
 
 
 def current_root(arg: str | None) -> Path:
@@ -794,15 +680,18 @@ def current_root(arg: str | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.e2e", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="bring up Ceph x2, FRR, the guest on host a (prints each part's time)")
+    sub.add_parser("up", help="bring up Ceph x2, FRR, the guest network, the guest on host a (prints each part's time)")
     m = sub.add_parser("migrate", help="live-migrate the guest to the other cloud, print timeline and figures")
     m.add_argument("--to", choices=CLUSTERS)
     m.add_argument("--root")
     m.add_argument("--direct", action="store_true", help="baseline: the drivers in the recipe's order, no engine")
-    m.add_argument("--downtime-limit-ms", type=int, help="QEMU downtime-limit (default 300)")
+    m.add_argument("--downtime-limit-ms", type=int, help="QEMU downtime-limit (default: MigrationOptions')")
+    m.add_argument("--fail-before-promote", action="store_true",
+                   help="kill the destination QEMU right before the point of no return (the VM must stay)")
     d = sub.add_parser("down", help="end everything `up` started")
     d.add_argument("--root")
-    sub.add_parser("status", help="where the VM runs, which site is primary, who announces the /32")
+    s = sub.add_parser("status", help="where the VM runs, which site is primary, who announces the /32, pings")
+    s.add_argument("--root")
     args = ap.parse_args(argv)
     if args.cmd == "up":
         if CURRENT.exists() and Path(CURRENT.read_text().strip(), "e2e.json").exists():
@@ -824,11 +713,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lab = E2ELab.load(root)
     if args.cmd == "status":
-        _say(json.dumps(state_of_world(lab)))
+        _say(json.dumps(state_of_world(lab) | {"pings": ping_check(lab)}))
         return 0
-    fig = asyncio.run(lab.migrate(args.to, direct=args.direct, downtime_limit_ms=args.downtime_limit_ms))
-    print_report(fig)
-    return 0 if fig["state"] == "completed" else 1
+    fig = asyncio.run(lab.migrate(args.to, direct=args.direct, downtime_limit_ms=args.downtime_limit_ms,
+                                  fail_before_promote=args.fail_before_promote))
+    print_report(fig, _say)
+    wanted = "failed" if args.fail_before_promote else "completed"
+    return 0 if fig["state"] == wanted else 1
 
 
 if __name__ == "__main__":

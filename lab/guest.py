@@ -5,6 +5,9 @@ Why: live-migration tests need a real guest whose liveness is visible from outsi
 that the same guest process keeps counting on the destination after a migration (the counter continues from
 where the source stopped). With ``dirty_mb=<N>`` on the kernel command line it also rewrites N MiB of random
 data in a loop, which is how tests and benchmarks make a guest that out-dirties a bandwidth-limited link.
+With ``vm_ip=<a.b.c.d> gw=<e.f.g.h>`` it configures its virtio-net NIC (``virtio_net`` and its ``failover``
+dependencies are modules of the Debian cloud kernel, copied into the initramfs and loaded by init) with the
+VM's /32 and a default route via the on-link gateway, so the kernel answers pings (``lab.e2e_net``).
 
 Nothing is installed on the host: the kernel ``.deb`` is fetched with ``apt-get download`` and unpacked, the
 initramfs is written by this module (cpio ``newc`` + gzip, no ``cpio`` tool needed). The output is cached under
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ROOT = Path(os.environ.get("CNF_LAB_GUEST_CACHE", "/var/cache/cnf-lab/guest"))
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 APT_PACKAGES = ("qemu-system-x86", "qemu-utils", "qemu-block-extra", "busybox-static")
@@ -38,6 +41,7 @@ CMD_TIMEOUT = 600.0
 VIRTIO_MODULES = (  # load order matters (lab/qemu REPORT pitfall 11)
     "drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
     "drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci.ko", "drivers/block/virtio_blk.ko",
+    "net/core/failover.ko", "drivers/net/net_failover.ko", "drivers/net/virtio_net.ko",
 )
 
 INIT_SCRIPT = """#!/bin/busybox sh
@@ -45,14 +49,29 @@ INIT_SCRIPT = """#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+         failover net_failover virtio_net; do
   [ -f /mod/$m.ko ] && insmod /mod/$m.ko 2>/dev/null
 done
-HB_MS=100; DIRTY_MB=0
+HB_MS=100; DIRTY_MB=0; VM_IP=""; GW=""
 for a in $(cat /proc/cmdline); do
-  case $a in hb_ms=*) HB_MS=${a#hb_ms=};; dirty_mb=*) DIRTY_MB=${a#dirty_mb=};; esac
+  case $a in
+    hb_ms=*) HB_MS=${a#hb_ms=};; dirty_mb=*) DIRTY_MB=${a#dirty_mb=};;
+    vm_ip=*) VM_IP=${a#vm_ip=};; gw=*) GW=${a#gw=};;
+  esac
 done
 echo "CNFGUEST booted uptime=$(cut -d' ' -f1 /proc/uptime) hb_ms=$HB_MS dirty_mb=$DIRTY_MB"
+ip link set lo up
+if [ -n "$VM_IP" ] && [ -n "$GW" ]; then
+  # the VM's /32 and an on-link gateway: the host side of the tap answers as $GW with the same MAC on every
+  # host, so this ARP entry stays right after a live migration
+  if ip link set eth0 up && ip addr add "$VM_IP/32" dev eth0 && ip route add "$GW" dev eth0 \
+      && ip route add default via "$GW" dev eth0; then
+    echo "CNFGUEST net $VM_IP via $GW"
+  else
+    echo "CNFGUEST net FAILED (no eth0? $(ls /sys/class/net))"
+  fi
+fi
 if [ "$DIRTY_MB" -gt 0 ]; then
   dd if=/dev/urandom of=/tmp/seed bs=1M count=$DIRTY_MB 2>/dev/null
   ( while :; do dd if=/tmp/seed of=/tmp/dirt bs=1M conv=notrunc 2>/dev/null; done ) &
@@ -79,9 +98,14 @@ class GuestImage:
     initrd: Path
     kernel_package: str
 
-    def append(self, *, hb_ms: int = 100, dirty_mb: int = 0) -> str:
-        """The kernel command line: serial console, quiet boot, heartbeat period and dirtier size."""
-        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}"
+    def append(self, *, hb_ms: int = 100, dirty_mb: int = 0, vm_ip: str = "", gateway: str = "") -> str:
+        """The kernel command line: serial console, quiet boot, heartbeat period and dirtier size.
+
+        ``vm_ip`` and ``gateway`` (both or neither): the guest puts ``vm_ip/32`` on its virtio NIC ``eth0`` with a
+        default route via the on-link ``gateway`` and prints ``CNFGUEST net <ip> via <gw>`` (or ``... FAILED``).
+        """
+        net = f" vm_ip={vm_ip} gw={gateway}" if vm_ip and gateway else ""
+        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}{net}"
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = CMD_TIMEOUT) -> str:

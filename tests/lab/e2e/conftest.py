@@ -1,9 +1,11 @@
-"""Session-scoped end-to-end lab: two Ceph sites, FRR route server + two cloud routers, two QEMU hosts.
+"""Session-scoped end-to-end lab: two Ceph sites, FRR route server + two cloud routers, host and probe namespaces,
+two QEMU hosts, the guest with its disk and NIC.
 
 Started by ``lab.e2e`` itself (Debian packages installed if missing) and ended by PID / own namespaces in the
-finalizer, whatever the test did. The Ceph pair is the session's shared ``lab.ceph`` lab (the storage contract
-suite and tests/lab/ceph use the same one: one Ceph bring-up per test run, ~30-45 s); the e2e lab only adds its
-own image to it. FRR and QEMU are its own (~15 s).
+finalizer, whatever the test did. One bring-up serves every test of the directory (the live tests migrate the VM
+from wherever it runs). The Ceph pair is the session's shared ``lab.ceph`` lab (the storage contract suite and
+tests/lab/ceph use the same one: one Ceph bring-up per test run, ~12-45 s); the e2e lab only adds its own image to
+it. FRR, the namespaces and QEMU are its own (~10 s).
 """
 
 from __future__ import annotations
