@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -259,5 +260,10 @@ async def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(143)  # run the ``finally`` blocks: workers, Redis and the databases are ours to end
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     asyncio.run(main())

@@ -76,7 +76,12 @@ async def test_abort_before_the_point_of_no_return_leaves_the_source_running(
     seen: dict[str, str] = {}
 
     async def abort(rec: MigrationRecord) -> None:
-        seen["status"] = (await hosts[src].progress(IDLE)).status
+        status = (await hosts[src].progress(IDLE)).status
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while status == "setup" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # right after ``migrate`` QEMU may still be in setup: abort once copying
+            status = (await hosts[src].progress(IDLE)).status
+        seen["status"] = status
         rec.abort_requested = True
 
     # 80 Mbit/s: the first pass takes seconds, so the MEMORY abort lands while pages are copied
