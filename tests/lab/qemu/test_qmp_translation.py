@@ -18,9 +18,8 @@ import pytest
 
 from cnf.errors import InvalidInput
 from cnf.hypervisor.base import MigrationParams, MigrationProgress, guest_pause_ms
-from cnf.hypervisor.qemu import (
-    QemuHypervisor,
-    QemuMachine,
+from cnf.hypervisor.qemu import QemuHypervisor, QemuMachine
+from cnf.hypervisor.qmp_translation import (
     bandwidth_bytes_per_s,
     progress_from_query_migrate,
     source_capabilities,
