@@ -608,7 +608,7 @@ def _state_from(revision: int, kvs: list[KeyValue]) -> _State:
                   ready=by_key.get(HANDOVER_READY_KEY))
 
 
-# -- a standalone candidate: diagnostics, functional tests and benchmarks/failover.py ---------------------------
+# -- a standalone candidate: diagnostics and the election functional tests -----------------------------------------
 async def _candidate(args: argparse.Namespace) -> None:
     election = EtcdElection(cluster_id=args.cluster_id, address=args.address, endpoints=args.endpoints,
                             lease_ttl_s=args.ttl)
