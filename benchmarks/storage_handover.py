@@ -7,19 +7,26 @@ What runs (one fresh ``lab.ceph`` lab; memstore OSDs by default as in the lab re
 1 GiB image; ``--store bluestore`` keeps it at ~1.5 GiB but adds disk latency to every snapshot):
 1. a 1 GiB image at site A, fully written, snapshot mirroring on, initial sync;
 2. ``lag_ms_100MiB``: 100 MiB of random writes + a mirror snapshot -> destination holds it (median of 3);
-3. ``handover``: N cutovers back and forth. Before each: a fresh 4 MiB delta + mirror snapshot synced (what the
-   DISK phase leaves), then a *lock holder* process at the source writes another 4 MiB and keeps the image open
-   with the exclusive lock (what a paused QEMU in ``pre-switchover`` looks like to librbd). Timed: ``demote`` at
-   the source + ``promote`` at the destination. The holder's final write is verified at the destination
-   (checksum of the 4 MiB region) on every cutover;
+3. ``handover``: N cutovers back and forth (``prepare_handover`` prunes the source's peer-less mirror snapshots),
+   interleaved with ``handover_noprune`` (the same with ``prune_before_handover`` off: the control). Before
+   each: a fresh 4 MiB delta + mirror snapshot synced (what the DISK phase leaves), then a *lock holder* process
+   at the source writes another 4 MiB and keeps the image open with the exclusive lock (what a paused QEMU in
+   ``pre-switchover`` looks like to librbd). Timed: ``demote`` at the source + ``promote`` at the destination.
+   The holder's final write is verified at the destination (checksum of the 4 MiB region) on every cutover;
 4. ``handover_nolock``: the same without a lock holder;
 5. ``naive``: ``rbd mirror image demote`` (CLI) then ``rbd mirror image promote`` retried every 0.5 s (CLI),
    on the same tuned clusters;
-6. ``*_untuned``: mon ``paxos_propose_interval``/``paxos_min_wait`` set back to Ceph's defaults at runtime, one
+6. ``handover_fastmon``: like 3, with the optional monitor profile of docs/storage.md (``paxos_propose_interval``
+   0.001, ``paxos_min_wait`` 0, ``clog_to_monitors`` false on the mons), set at runtime and reverted after;
+7. ``*_untuned``: mon ``paxos_propose_interval``/``paxos_min_wait`` set back to Ceph's defaults at runtime, one
    driver handover and one naive handover each (what PREFLIGHT's tuning warning is about).
 
+The 1-minute load average is printed at the start and the end and goes into the BENCH line (``load1``, the larger
+of the two): on this 2-core machine other labs running at the same time move every figure.
+
 Usage: ``.venv/bin/python benchmarks/storage_handover.py [--n 10] [--store bluestore|memstore]``
-Last line: ``BENCH storage_handover handover_ms_median=... handover_ms_max=... naive_ms_median=... lag_ms_100MiB=...``
+Last line: ``BENCH storage_handover handover_ms_median=... handover_ms_max=... naive_ms_median=... lag_ms_100MiB=...
+... load1=...``
 """
 
 from __future__ import annotations
@@ -157,14 +164,31 @@ async def naive_handover(src: CephRbdMirror, dst: CephRbdMirror, src_site: CephS
             "tries": tries, "dir": f"{src.cluster_id}->{dst.cluster_id}"}
 
 
-def set_paxos(lab: CephMirrorLab, interval: str, min_wait: str) -> None:
+def set_paxos(lab: CephMirrorLab, interval: str, min_wait: str, clog_to_monitors: str = "true") -> None:
     """Runtime override on the running mon (the conf file outranks ``ceph config set``, so tell the daemon)."""
     for s in lab.sites:
-        for key, value in (("paxos_propose_interval", interval), ("paxos_min_wait", min_wait)):
+        for key, value in (("paxos_propose_interval", interval), ("paxos_min_wait", min_wait),
+                           ("clog_to_monitors", clog_to_monitors)):
             s.ceph("config", "set", "mon", key, value)
             s.ceph("tell", "mon.a", "config", "set", key, value)
-        got = s.ceph("tell", "mon.a", "config", "get", "paxos_propose_interval")
-        print(f"{s.name}: running paxos_propose_interval -> {got.strip()}", flush=True)
+        got = json.loads(s.ceph("tell", "mon.a", "config", "get", "paxos_propose_interval"))
+        print(f"{s.name}: running paxos_propose_interval -> {got.get('paxos_propose_interval')}, "
+              f"clog_to_monitors -> {clog_to_monitors}", flush=True)
+
+
+def schedule(args: argparse.Namespace) -> list[str]:
+    """Cutover kinds in run order: the headline (``handover``) alternates with its no-prune control so both see
+    the same machine load (pairs in swapped order every other time, so each kind runs in both directions), then
+    the runs without a lock holder, then the naive CLI sequence."""
+    paired: list[str] = []
+    for i in range(max(args.n, args.n_noprune)):
+        pair = (["handover"] if i < args.n else []) + (["handover_noprune"] if i < args.n_noprune else [])
+        paired += pair if i % 2 == 0 else pair[::-1]
+    return paired + ["handover_nolock"] * args.n_nolock + ["naive"] * args.n_naive
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
 
 
 def summary(recs: list[dict[str, Any]]) -> str:
@@ -176,6 +200,8 @@ async def run(args: argparse.Namespace) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # so the lab is torn down
+    load_start = load1()
+    print(f"load average (1 min) at start: {load_start:.2f}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="cnf-bench-ceph-"))
     lab = CephMirrorLab.create(root, tuned=True, store=args.store)
     t = time.monotonic()
@@ -212,17 +238,33 @@ async def run(args: argparse.Namespace) -> None:
             return primary, ("b" if primary == "a" else "a")
 
         results: dict[str, list[dict[str, Any]]] = {"handover": [], "handover_nolock": [], "naive": [],
-                                                    "handover_untuned": [], "naive_untuned": []}
-        for kind, n in (("handover", args.n), ("handover_nolock", args.n_nolock), ("naive", args.n_naive)):
-            for _ in range(n):
+                                                    "handover_noprune": [], "handover_fastmon": [],
+                                                    "handover_untuned": [],
+                                                    "naive_untuned": []}
+        for kind in schedule(args):
+            s, d = pair()
+            if kind == "naive":
+                rec = await naive_handover(drv[s], drv[d], site[s], site[d])
+            else:
+                for one in drv.values():
+                    one.prune_before_handover = kind != "handover_noprune"
+                rec = await driver_handover(drv[s], drv[d], site[s], site[d],
+                                            lock_holder=kind in ("handover", "handover_noprune"))
+                for one in drv.values():
+                    one.prune_before_handover = True
+            results[kind].append(rec)
+            print(kind, json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in rec.items()}),
+                  flush=True)
+            primary = d
+        if args.n_fastmon:
+            set_paxos(lab, "0.001", "0", clog_to_monitors="false")
+            await asyncio.sleep(1)
+            for _ in range(args.n_fastmon):
                 s, d = pair()
-                if kind == "naive":
-                    rec = await naive_handover(drv[s], drv[d], site[s], site[d])
-                else:
-                    rec = await driver_handover(drv[s], drv[d], site[s], site[d], lock_holder=kind == "handover")
-                results[kind].append(rec)
-                print(kind, json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in rec.items()}),
-                      flush=True)
+                rec = await driver_handover(drv[s], drv[d], site[s], site[d], lock_holder=True)
+                results["handover_fastmon"].append(rec)
+                print("handover_fastmon", json.dumps({k: round(v, 1) if isinstance(v, float) else v
+                                                      for k, v in rec.items()}), flush=True)
                 primary = d
         set_paxos(lab, "1.0", "0.05")
         await asyncio.sleep(2)
@@ -246,18 +288,25 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"{k:18s} {summary(recs)}  (demote median {statistics.median(r['demote_ms'] for r in recs):.0f}"
                       f" ms, promote tries max {max(r['tries'] for r in recs)})")
         print(f"final writes present at the destination on every cutover: {ok}; 1 GiB checksums equal: {same}")
+        load_end = load1()
+        print(f"load average (1 min) at start {load_start:.2f}, at end {load_end:.2f}")
         if not (ok and same):
             raise SystemExit("data check failed")
         h = [r["total_ms"] for r in results["handover"]]
         nolock = [r["total_ms"] for r in results["handover_nolock"]] or [0.0]
         naive = [r["total_ms"] for r in results["naive"]]
+        fm = [r["total_ms"] for r in results["handover_fastmon"]] or [0.0]
+        npr = [r["total_ms"] for r in results["handover_noprune"]] or [0.0]
         hu = [r["total_ms"] for r in results["handover_untuned"]] or [0.0]
         nu = [r["total_ms"] for r in results["naive_untuned"]] or [0.0]
         print(f"BENCH storage_handover handover_ms_median={statistics.median(h):.0f} handover_ms_max={max(h):.0f} "
               f"naive_ms_median={statistics.median(naive):.0f} lag_ms_100MiB={lag_ms:.0f} "
               f"handover_nolock_ms_median={statistics.median(nolock):.0f} "
               f"handover_untuned_ms_median={statistics.median(hu):.0f} "
-              f"naive_untuned_ms_median={statistics.median(nu):.0f} n={len(h)}")
+              f"handover_noprune_ms_median={statistics.median(npr):.0f} "
+              f"handover_fastmon_ms_median={statistics.median(fm):.0f} "
+              f"naive_untuned_ms_median={statistics.median(nu):.0f} n={len(h)} "
+              f"load1={max(load_start, load_end):.2f}")
     finally:
         for one in drv.values():
             await one.close()
@@ -270,6 +319,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10, help="driver cutovers with a lock holder (headline)")
     ap.add_argument("--n-nolock", type=int, default=6)
     ap.add_argument("--n-naive", type=int, default=4)
+    ap.add_argument("--n-noprune", type=int, default=6,
+                    help="lock-holder cutovers without prune_before_handover, interleaved with the headline")
+    ap.add_argument("--n-fastmon", type=int, default=4, help="driver cutovers with the optional mon profile")
     ap.add_argument("--n-untuned", type=int, default=2)
     ap.add_argument("--store", choices=["bluestore", "memstore"], default="memstore")
     ap.add_argument("--final-mb", type=int, default=FINAL_MB, help="un-synced MiB written by the lock holder")

@@ -11,8 +11,11 @@ Design (measured facts in ``docs/storage.md``):
 - ``promote`` asks the peer cluster (the pool's mirror peer credentials, as rbd-mirror uses them) before acting:
   it refuses while the peer is primary (``IllegalTransition``), waits while the peer's demotion snapshot is in
   flight and then retries librbd's promote every ~20 ms on EBUSY/EROFS (rbd-mirror still holds the lock, P2),
-  raising a retryable ``DriverError`` at its deadline. Never ``--force``. Both sides non-primary (a handover
-  interrupted between demote and promote) is resumed by the same promote.
+  raising a retryable ``DriverError`` at its deadline (the retry loop runs inside the worker: one pipe round trip).
+  Never ``--force``. Both sides non-primary (a handover interrupted between demote and promote) is resumed by the
+  same promote.
+- ``prepare_handover`` at the source removes the peer-less mirror snapshots that librbd's demote would otherwise
+  remove inside the guest's pause (librbd's own criterion; never the newest).
 - Never writes to a non-primary image (P3). Errors of librbd are mapped once, here.
 """
 
@@ -150,7 +153,7 @@ class CephRbdMirror:
 
     def __init__(self, cluster_id: str, site: CephSiteConfig, *, peer: CephSiteConfig | None = None,
                  op_timeout_s: float = 10.0, promote_timeout_s: float = 5.0, promote_retry_s: float = 0.02,
-                 python: str = "/usr/bin/python3") -> None:
+                 prune_before_handover: bool = True, python: str = "/usr/bin/python3") -> None:
         site.validate()
         if peer is not None:
             peer.validate()
@@ -164,6 +167,7 @@ class CephRbdMirror:
         self.op_timeout_s = op_timeout_s
         self.promote_timeout_s = promote_timeout_s
         self.promote_retry_s = promote_retry_s
+        self.prune_before_handover = prune_before_handover
         self.python = python
         self._worker: _Worker | None = None
         self._start_lock = asyncio.Lock()
@@ -395,6 +399,7 @@ class CephRbdMirror:
         # the peer is read through a fresh open: a cached handle may not have seen the peer's demote yet
         # (measured: it still said "primary" right after demote returned), and this read decides safety
         local, peer = await asyncio.gather(self.view(image), self.peer_view(image))
+        views_ms = round((time.monotonic() - t0) * 1000, 1)  # observability: the safety reads before any attempt
         while True:
             decision = promote_decision(local, peer)
             if decision is PromoteDecision.ALREADY_PRIMARY:
@@ -416,13 +421,20 @@ class CephRbdMirror:
             newest = local.newest
             guarded = decision is PromoteDecision.WAIT_FOR_DEMOTION and newest is not None and not newest.own
             if decision in (PromoteDecision.PROMOTE, PromoteDecision.ROLLBACK) or guarded:
+                # librbd's refusal guards from here on: the worker retries every promote_retry_s until the
+                # deadline (no pipe round trip per attempt)
+                wait_s = max(0.0, deadline - time.monotonic())
                 try:
-                    self.last_promote_tries += 1
-                    await self._call("promote", None, image=image)
+                    done = await self._call("promote", wait_s + self.op_timeout_s, image=image, wait_s=wait_s,
+                                            retry_s=self.promote_retry_s)
+                    done = done if isinstance(done, dict) else {}
+                    self.last_promote_tries += int(done.get("tries", 1))
                     log.info("ceph_promoted", cluster_id=self.cluster_id, image=image, how=decision.value,
-                             tries=self.last_promote_tries, ms=round((time.monotonic() - t0) * 1000, 1))
+                             tries=self.last_promote_tries, ms=round((time.monotonic() - t0) * 1000, 1),
+                             views_ms=views_ms)
                     return
                 except _WorkerFailure as f:
+                    self.last_promote_tries += 1
                     kind = classify(f.errno, f"{f.error} {f.message}")
                     if kind is RbdFailure.ALREADY_PRIMARY:
                         return
@@ -443,8 +455,16 @@ class CephRbdMirror:
         Optional: saves ~10-30 ms of opens inside the guest's pause. Call it on both sides shortly before the
         handover (handles idle for 30 s are closed again). Opening a non-primary image read-write is harmless
         as long as nothing is written through it (lab/ceph P3), and nothing is.
+
+        On the primary (source) side, with ``prune_before_handover`` (default on), it also removes the mirror
+        snapshots no peer is linked to any more (never the newest): the demote would otherwise remove them
+        inside the pause, one monitor commit each (docs/storage.md, "Where the time goes"). This takes the
+        image's exclusive lock for a moment, like every mirror snapshot create does.
         """
-        await self._op("prepare", _check_image(image))
+        done = await self._op("prepare", _check_image(image), prune=self.prune_before_handover)
+        pruned = done.get("pruned") if isinstance(done, dict) else None
+        if pruned:
+            log.info("ceph_pruned_before_handover", cluster_id=self.cluster_id, image=image, snap_ids=pruned)
 
     async def peer_reachable(self) -> bool:
         try:

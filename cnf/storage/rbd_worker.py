@@ -179,11 +179,28 @@ class Worker:
             self._reset_peer()
             raise
 
-    def op_prepare(self, image):
-        """Open what the handover uses (local read-write handle, peer connection) before the guest is paused."""
-        self._rw(image)
+    def op_prepare(self, image, prune=False):
+        """Open what the handover uses (local read-write handle, peer connection) before the guest is paused.
+
+        ``prune`` (primary side only): remove our own mirror snapshots that no peer is linked to any more, except
+        the newest mirror snapshot. librbd's next primary-snapshot create removes exactly these (rbd-mirror
+        unlinks itself from the source snapshot it has synced past but cannot remove it), so without this the
+        demote does it inside the guest's pause: one more monitor commit there. Returns the removed ids.
+        """
+        im = self._rw(image)
         self._peer()
-        return True
+        pruned = []
+        if prune and im.mirror_image_get_info()["primary"]:
+            mirror = [s for s in im.list_snaps() if s.get("namespace") == rbd.RBD_SNAP_NAMESPACE_TYPE_MIRROR]
+            for s in mirror[:-1]:  # never the newest: it is what the peer syncs (or will sync) from
+                m = s["mirror"]
+                if m["state"] in (0, 1) and not m.get("mirror_peer_uuids"):  # own (primary/demoted), peer-less
+                    try:
+                        im.remove_snap_by_id(s["id"])
+                        pruned.append(int(s["id"]))
+                    except rbd.ImageNotFound:  # removed concurrently (rbd-mirror, another create): fine
+                        pass
+        return {"pruned": pruned}
 
     def op_peer_ping(self):
         try:
@@ -217,9 +234,31 @@ class Worker:
         self._rw(image).mirror_image_demote()
         return True
 
-    def op_promote(self, image):
-        self._rw(image).mirror_image_promote(False)  # never force on this path
-        return True
+    def op_promote(self, image, wait_s=0.0, retry_s=0.02):
+        """librbd promote (never forced). ``wait_s`` > 0: retried every ``retry_s`` on EROFS/EBUSY until ``wait_s``.
+
+        Only for callers that have established that librbd's own refusal is the right guard (the peer demoted and
+        our newest snapshot is its copy, or a rollback): librbd refuses while the demotion snapshot is incomplete
+        (EBUSY) and while the destination rbd-mirror still holds the image lock (EROFS). Retrying here instead
+        of in the parent saves a pipe round trip per attempt. (Waking the loop on the header's notifications
+        instead of the timer was measured too: no gain, because an attempt that starts while rbd-mirror is
+        shutting its replayer down waits inside librbd for the lock anyway; docs/storage.md.)
+        Returns ``{"tries", "ms"}``; raises librbd's last refusal at the end.
+        """
+        t0 = time.monotonic()
+        im = self._rw(image)
+        deadline = t0 + max(0.0, wait_s)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                im.mirror_image_promote(False)  # never force on this path
+                return {"tries": tries, "ms": round((time.monotonic() - t0) * 1000, 1)}
+            except (rbd.ReadOnlyImage, rbd.ImageBusy):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(retry_s, left))
 
     def op_release(self, image=None):
         for k in [image] if image else list(self.handles):

@@ -6,6 +6,7 @@ The portable contract (enable/sync/lag/cutover/failback/idempotency) is ``tests/
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -144,6 +145,43 @@ async def test_demote_while_another_client_holds_the_exclusive_lock(pair: Pair, 
         except TimeoutError:
             os.kill(holder.pid, signal.SIGKILL)
             await holder.wait()
+
+
+def _mirror_snaps(site: Any, image: str) -> list[dict[str, Any]]:
+    out = site.rbd("snap", "ls", "--all", "--format", "json", f"vms/{image}").stdout
+    return [s for s in json.loads(out) if s.get("namespace", {}).get("type") == "mirror"]
+
+
+def _own_peerless(snap: dict[str, Any]) -> bool:
+    ns = snap["namespace"]
+    return "primary_snap_id" not in ns and not ns.get("mirror_peer_uuids")
+
+
+async def test_prepare_handover_prunes_only_old_peerless_snapshots(pair: Pair) -> None:
+    """rbd-mirror unlinks itself from source snapshots it has synced past but leaves them; the demote would remove
+    them inside the pause. ``prepare_handover`` removes them before it: never the newest, never a linked one."""
+    lab, image = pair.lab, await pair.image()
+    for _ in range(2):  # a few snapshots, so that one the peer has synced past exists
+        sid = await pair.a.create_mirror_snapshot(image)
+        await pair.until(pair.b, image, lambda s, sid=sid: s.in_sync and s.last_snapshot_id >= sid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    before = await asyncio.to_thread(_mirror_snaps, lab.a, image)
+    while not any(_own_peerless(s) for s in before[:-1]) and loop.time() < deadline:
+        await asyncio.sleep(0.1)  # rbd-mirror unlinks right after the sync completes
+        before = await asyncio.to_thread(_mirror_snaps, lab.a, image)
+    assert any(_own_peerless(s) for s in before[:-1]), before
+    await pair.a.prepare_handover(image)
+    after = await asyncio.to_thread(_mirror_snaps, lab.a, image)
+    assert after[-1]["id"] == before[-1]["id"]  # the newest stays
+    assert not any(_own_peerless(s) for s in after[:-1]), after
+    kept = {s["id"] for s in before[:-1] if not _own_peerless(s)}
+    assert kept <= {s["id"] for s in after}  # linked snapshots and copies untouched
+    # and the handover that follows is whole
+    before_sum = await pair.a.checksum(image)
+    await pair.a.demote(image)
+    await pair.promote(pair.b, image)
+    assert await pair.b.checksum(image) == before_sum
 
 
 async def test_call_timeout_kills_the_worker_and_recovers(pair: Pair) -> None:
