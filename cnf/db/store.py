@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from cnf.db.models import (
@@ -370,15 +371,23 @@ class FederationStore:
     # --- policies ----------------------------------------------------------------------------
 
     async def put_policy(self, epoch: int, name: str, rule: dict[str, Any], enabled: bool = True) -> PolicyRow:
-        now = time.time()
-        async with self.write(epoch) as s:
-            row = await s.get(PolicyRow, name)
-            if row is None:
-                row = PolicyRow(name=name, rule=rule, enabled=enabled, created_at=now, updated_at=now)
-                s.add(row)
-            else:
-                row.rule, row.enabled, row.updated_at = rule, enabled, now
-            return row
+        """Create or replace. Two PUTs creating the same new policy at once: the one whose insert loses the race
+        runs again as an update (PUT is idempotent; it must not be a 500)."""
+        for attempt in (1, 2):
+            now = time.time()
+            try:
+                async with self.write(epoch) as s:
+                    row = await s.get(PolicyRow, name)
+                    if row is None:
+                        row = PolicyRow(name=name, rule=rule, enabled=enabled, created_at=now, updated_at=now)
+                        s.add(row)
+                    else:
+                        row.rule, row.enabled, row.updated_at = rule, enabled, now
+                    return row
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def list_policies(self) -> list[PolicyRow]:
         async with self.read() as s:
@@ -410,11 +419,14 @@ class FederationStore:
 
     async def put_idempotent(self, epoch: int, *, key: str, method: str, path: str, request_hash: str,
                              status_code: int, body: dict[str, Any], location: str) -> None:
-        async with self.write(epoch) as s:
-            if await s.get(IdempotencyKeyRow, key) is None:
-                s.add(IdempotencyKeyRow(key=key, method=method, path=path, request_hash=request_hash,
-                                        status_code=status_code, body=body, location=location,
-                                        created_at=time.time()))
+        try:
+            async with self.write(epoch) as s:
+                if await s.get(IdempotencyKeyRow, key) is None:
+                    s.add(IdempotencyKeyRow(key=key, method=method, path=path, request_hash=request_hash,
+                                            status_code=status_code, body=body, location=location,
+                                            created_at=time.time()))
+        except IntegrityError:
+            pass  # a concurrent request with the same key stored its response first: that one is the answer
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

@@ -158,3 +158,13 @@ async def test_concurrent_writers_share_the_epoch_and_a_new_master_fences_the_ol
         assert {f"w{i}" for i in range(8)} <= ids and not any(i.startswith("old") for i in ids)
     finally:
         await store.close()
+
+
+async def test_concurrent_puts_of_one_new_policy_all_succeed(db_url: str) -> None:
+    store = await seeded(db_url)
+    try:
+        rules = [{"trigger": f"cpu_pct>{80 + i}", "action": "notify", "target": "least_loaded"} for i in range(8)]
+        await asyncio.gather(*(store.put_policy(5, "same-new-name", r) for r in rules))  # no IntegrityError
+        assert (await store.get_policy("same-new-name")).rule in rules
+    finally:
+        await store.close()
