@@ -10,9 +10,11 @@ Per run and RAM size (default 256 MiB and 1 GiB, idle heartbeat guest, TCG):
 - ``qemu_downtime_ms``: QEMU's ``downtime`` (it includes the pre-switchover window);
 - ``handover_window_ms``: source STOP -> ``migrate-continue`` issued by the engine (detection of pre-switchover
   by polling + the CUTOVER storage steps);
-- ``total``: CNF = the whole engine run (PREFLIGHT .. CLEANUP, incl. QEMU start of the destination and the sim
-  disk sync); raw = destination QEMU start -> ``completed``. ``memory_cutover`` = CNF's prepare_incoming start ->
-  switchover done, the part comparable step by step with raw.
+- ``total_ratio_vs_raw_qmp`` (the issue's "total time"): the same span on both sides, destination QEMU start ->
+  guest running on the destination. CNF: ``memory.prepare_incoming`` started -> ``cutover.switchover`` done (it
+  includes the early BGP announce, the pre-switchover window with the storage handover and the engine's polling);
+  raw: destination QEMU start -> ``completed``. ``whole_run_ratio_vs_raw_qmp`` is CNF's whole engine run (PREFLIGHT,
+  the sim disk sync, receiver creation, CLEANUP too) over the same raw span: work raw QMP does not do at all.
 Numbers on a loaded 2-core TCG machine are noisy: read medians, and re-measure on KVM before trusting them.
 
 Run: ``.venv/bin/python benchmarks/live_migration.py [--runs 3] [--sizes 256,1024]``; last line is the BENCH line.
@@ -40,7 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cnf.hypervisor.base import guest_pause_ms  # noqa: E402
-from cnf.hypervisor.qemu import QemuMachine, bandwidth_bytes_per_s  # noqa: E402
+from cnf.hypervisor.qemu import QemuMachine  # noqa: E402
+from cnf.hypervisor.qmp_translation import bandwidth_bytes_per_s  # noqa: E402
 from cnf.migration.model import MigrationKind, MigrationState  # noqa: E402
 from cnf.migration.steps import STEP_TABLES  # noqa: E402
 from lab.qemu import CnfOnQemu, QemuLab, heartbeats, wait_heartbeats  # noqa: E402
@@ -225,14 +228,15 @@ async def main(argv: list[str] | None = None) -> int:
             raw_all += raw_rows
     finally:
         await lab.down()
-    ratio = med(cnf_all, "total_s") / med(raw_all, "total_s")
-    mc_ratio = med(cnf_all, "memory_cutover_s") / med(raw_all, "total_s")
+    whole_ratio = med(cnf_all, "total_s") / med(raw_all, "total_s")
+    ratio = med(cnf_all, "memory_cutover_s") / med(raw_all, "total_s")
     print(f"BENCH live_migration pause_ms_median={med(cnf_all, 'pause_ms'):.1f} "
           f"qemu_downtime_ms_median={med(cnf_all, 'qemu_downtime_ms'):.1f} total_ratio_vs_raw_qmp={ratio:.2f} "
           f"handover_window_ms={med(cnf_all, 'handover_window_ms'):.1f} "
           f"raw_pause_ms_median={med(raw_all, 'pause_ms'):.1f} "
           f"raw_qemu_downtime_ms_median={med(raw_all, 'qemu_downtime_ms'):.1f} "
-          f"memory_cutover_ratio_vs_raw_qmp={mc_ratio:.2f} runs={len(cnf_all)}")
+          f"added_ms_vs_raw_qmp={(med(cnf_all, 'memory_cutover_s') - med(raw_all, 'total_s')) * 1000.0:.0f} "
+          f"whole_run_ratio_vs_raw_qmp={whole_ratio:.2f} runs={len(cnf_all)}")
     return 0
 
 

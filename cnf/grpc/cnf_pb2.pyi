@@ -21,10 +21,12 @@ class BoolReply(_message.Message):
     def __init__(self, value: _Optional[bool] = ...) -> None: ...
 
 class VmQuery(_message.Message):
-    __slots__ = ("vm_id",)
+    __slots__ = ("vm_id", "wait_ms")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
-    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+    wait_ms: int
+    def __init__(self, vm_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class VmMutation(_message.Message):
     __slots__ = ("epoch", "vm_id")

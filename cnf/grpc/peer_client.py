@@ -33,7 +33,7 @@ from cnf.grpc import convert
 from cnf.grpc.control import AgentStatus, HandoverDecision, InventorySnapshot, inventory_from_pb, status_from_pb
 from cnf.grpc.status import ERROR_METADATA_KEY, decode_error
 from cnf.grpc.tls import CLAIM_METADATA_KEY, ClientTlsSource, TlsFiles, diagnose_handshake, tls_name_for
-from cnf.grpc.wire import pb, rpc
+from cnf.grpc.wire import MAX_PROGRESS_WAIT_MS, pb, rpc
 from cnf.hypervisor.base import Domain, MigrationParams, MigrationProgress
 from cnf.network.base import BgpPath, BgpPeer
 from cnf.openstack.base import CloudMetrics, Flavor, Host, Server, ServerSpec
@@ -370,8 +370,10 @@ class RemoteHypervisor:
         await self._c.write("HypervisorStartMigration", lambda e: pb.StartMigrationRequest(
             epoch=e, vm_id=vm_id, dest_uri=dest_uri, params=convert.params_to_pb(params)))
 
-    async def progress(self, vm_id: str) -> MigrationProgress:
-        return convert.progress_from_pb(await self._c.read("HypervisorProgress", pb.VmQuery(vm_id=vm_id)))
+    async def progress(self, vm_id: str, wait_s: float = 0.0) -> MigrationProgress:
+        wait_ms = max(0, min(int(wait_s * 1000), MAX_PROGRESS_WAIT_MS))
+        return convert.progress_from_pb(await self._c.read("HypervisorProgress",
+                                                           pb.VmQuery(vm_id=vm_id, wait_ms=wait_ms)))
 
     async def apply_convergence(self, vm_id: str, action: str) -> None:
         await self._c.write("HypervisorApplyConvergence",

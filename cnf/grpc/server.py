@@ -39,7 +39,7 @@ from cnf.grpc.control import AgentRole, ControlServicer, HandoverParticipant
 from cnf.grpc.epoch import EpochStore, MemoryEpochStore
 from cnf.grpc.status import encode_error
 from cnf.grpc.tls import CLAIM_METADATA_KEY, PeerIdentityVerifier, ServerTlsSource, TlsFiles
-from cnf.grpc.wire import pb, rpc
+from cnf.grpc.wire import MAX_PROGRESS_WAIT_MS, pb, rpc
 from cnf.network.base import BgpPath
 from cnf.ports import ClusterDrivers
 
@@ -300,7 +300,8 @@ class PeerServicer(rpc.CNFPeerServicer):  # type: ignore[misc]
 
     async def HypervisorProgress(self, request: pb.VmQuery, context: Any) -> pb.MigrationProgress:
         p = await self._g.run(context, "hypervisor.progress", None,
-                              lambda: self._d.hypervisor.progress(request.vm_id))
+                              lambda: self._d.hypervisor.progress(
+                                  request.vm_id, wait_s=min(request.wait_ms, MAX_PROGRESS_WAIT_MS) / 1000.0))
         return convert.progress_to_pb(p)
 
     async def HypervisorApplyConvergence(self, request: pb.ConvergenceRequest, context: Any) -> pb.Ack:

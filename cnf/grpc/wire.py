@@ -18,4 +18,7 @@ sys.modules.setdefault("cnf_pb2", pb)
 
 from cnf.grpc import cnf_pb2_grpc as rpc  # noqa: E402
 
-__all__ = ["pb", "rpc"]
+#: the longest a HypervisorProgress call may hold its answer for a status change (well inside a read's 5 s)
+MAX_PROGRESS_WAIT_MS = 1000
+
+__all__ = ["MAX_PROGRESS_WAIT_MS", "pb", "rpc"]

@@ -94,7 +94,11 @@ class HypervisorDriver(Protocol):
     async def start_migration(self, vm_id: str, dest_uri: str, params: MigrationParams) -> None:
         ...
 
-    async def progress(self, vm_id: str) -> MigrationProgress:
+    async def progress(self, vm_id: str, wait_s: float = 0.0) -> MigrationProgress:
+        """The outgoing migration's progress. ``wait_s`` > 0: a driver that receives migration events may hold
+        the answer up to ``wait_s`` until the status leaves setup/active (pre-switchover, completed, failed...),
+        so the engine sees the switchover point at once instead of at its next poll; a driver without events
+        answers at once. Either way the answer is the status at return time."""
         ...
 
     async def apply_convergence(self, vm_id: str, action: str) -> None:

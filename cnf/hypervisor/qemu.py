@@ -560,10 +560,12 @@ class QemuHypervisor:
                      caps=h.caps, downtime_limit_ms=params.downtime_limit_ms,
                      max_bandwidth_mbps=params.max_bandwidth_mbps)
 
-    async def progress(self, vm_id: str) -> MigrationProgress:
+    async def progress(self, vm_id: str, wait_s: float = 0.0) -> MigrationProgress:
         h = self._handle(vm_id)
         if h is None:
             return self._final.get(vm_id, MigrationProgress(status="none"))
+        if wait_s > 0 and h.alive() and h.meta().get("outgoing_uri"):
+            await self._await_status_change(h, wait_s)
         if not h.alive():
             final = self._final.get(vm_id)
             if final is not None:
@@ -611,6 +613,16 @@ class QemuHypervisor:
         if not h.meta().get("outgoing_uri"):
             return "none"
         return str((await self._qmp(h, "query-migrate")).get("status", "none"))
+
+    async def _await_status_change(self, h: _Handle, wait_s: float) -> None:
+        """Until QEMU announced (``MIGRATION`` event) a status past setup/active since the migration began, or
+        ``wait_s``; reads the in-memory event list every 2 ms (no QMP round trip while waiting)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not any(
+                e.name == "MIGRATION" and e.data.get("status") not in ("setup", "active") for e in h.since_mark()):
+            if not h.alive():
+                return
+            await asyncio.sleep(0.002)
 
     async def _await_event(self, h: _Handle, name: str, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s

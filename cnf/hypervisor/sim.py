@@ -77,7 +77,7 @@ class SimHypervisor:
             started=now, pass_started=now, pass_bytes_mb=float(d.ram_mb))
         self.fabric.effect(self.cluster_id, PORT, "start_migration", vm_id)
 
-    async def progress(self, vm_id: str) -> MigrationProgress:
+    async def progress(self, vm_id: str, wait_s: float = 0.0) -> MigrationProgress:  # no events: answers at once
         await self.fabric.enter(self.cluster_id, PORT, "progress")
         m = self._mig(vm_id)
         if m is None:

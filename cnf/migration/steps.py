@@ -252,14 +252,21 @@ async def precopy_do(sc: StepContext) -> None:
     sc.ctx["precopy_started"] = True
 
 
+#: how long a pre-copy check may wait for QEMU to announce the switchover point (an event-driven driver answers
+#: as soon as the status changes; the engine then notices ``pre-switchover`` within ms, not at its next poll)
+PRECOPY_CHECK_WAIT_S = 0.25
+
+
 async def precopy_check(sc: StepContext) -> bool:
-    p = await sc.src.hypervisor.progress(sc.vm_id)
+    p = await sc.src.hypervisor.progress(sc.vm_id, wait_s=PRECOPY_CHECK_WAIT_S)
     remaining_s = p.remaining_bytes / max(1.0, sc.record.options.max_bandwidth_mbps * 1024 * 1024 / 8)
     now, last = sc.now(), sc.ctx.get("precopy_sample")
     if last and p.status == "active" and now > float(last[0]) and p.transferred_bytes > int(last[1]):
-        # the rate really observed between two checks (TCG, a busy link: far below the configured bandwidth)
+        # the rate really observed between two checks (TCG, a busy link, zero pages: far off the configured one)
         rate = (p.transferred_bytes - int(last[1])) / (now - float(last[0]))
         remaining_s = p.remaining_bytes / max(1.0, rate)
+    else:
+        remaining_s = min(remaining_s, 0.08)  # no rate observed yet: look again soon to measure one
     if p.status == "active":  # (a sample taken during ``setup`` would include QEMU's start-up time)
         sc.ctx["precopy_sample"] = [now, p.transferred_bytes]
     sc.ctx["progress"] = {"status": p.status, "percent": round(p.percent, 1), "transferred_bytes": p.transferred_bytes,
@@ -446,7 +453,7 @@ LIVE_STEPS: tuple[Step, ...] = (
     Step("cutover.await_demotion", Phase.CUTOVER, _nothing, demotion_arrived_check, timeout_s=30.0, poll_s=0.005),
     Step("cutover.promote_destination", Phase.CUTOVER, promote_do, promote_check, irreversible=True, poll_s=0.02,
          max_attempts=50),
-    Step("cutover.switchover", Phase.CUTOVER, switchover_do, switchover_check, timeout_s=60.0, poll_s=0.02,
+    Step("cutover.switchover", Phase.CUTOVER, switchover_do, switchover_check, timeout_s=60.0, poll_s=0.005,
          max_attempts=5),
     WITHDRAW,
     Step("cleanup.activate_destination", Phase.CLEANUP, activate_dest_do, activate_dest_check, max_attempts=5),
