@@ -36,7 +36,7 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 test: venv system-deps services lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=15 $(PYTEST_ARGS)
 
 # The real-infrastructure lab (root: network namespaces, Ceph, FRR, QEMU): docs/lab.md
 lab: venv system-deps
