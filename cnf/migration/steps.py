@@ -289,10 +289,21 @@ def _converging(history: list[int], window: int = 3) -> bool:
 
 
 async def precopy_on_wait(sc: StepContext) -> None:
-    """Apply the non-convergence policy, one escalation per observed stall, each with its reason."""
+    """Take a fresh mirror snapshot once the first pass ended; apply the non-convergence policy per stall.
+
+    The snapshot keeps the disk delta left for the pause small after a long copy; each escalation of the
+    non-convergence policy is one event with its reason (dirty rate against bandwidth).
+    """
     p = await sc.src.hypervisor.progress(sc.vm_id)
     if p.status != "active":
         return  # switching over or in post-copy: nothing left to escalate
+    if p.history and "final_snapshot_id" not in sc.ctx:  # (``history``: one entry per finished pass)
+        # The end of the copy is near (QEMU iterates over what the guest dirtied): take a fresh mirror snapshot
+        # now, so the delta the demotion snapshot must still carry inside the pause is only what the guest
+        # writes from here on, not everything since disk.sync (which may be minutes old after a long copy).
+        sc.ctx["final_snapshot_id"] = await sc.src.storage.create_mirror_snapshot(sc.image)
+        sc.note("fresh mirror snapshot before the switchover", snapshot_id=sc.ctx["final_snapshot_id"],
+                reason="pre-copy reached its iteration phase: the disk delta left for the pause starts here")
     history = list(p.history)
     applied: list[str] = list(sc.ctx.get("convergence_actions", []))
     if _converging(history[int(sc.ctx.get("convergence_from_pass", 0)):] if applied else history):

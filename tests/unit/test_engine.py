@@ -281,3 +281,24 @@ async def test_destination_dies_in_the_switchover_pause_source_takes_everything_
     assert run.record.state == MigrationState.FAILED, run.record.error
     assert run.record.error and run.record.error["step"] == "cutover.promote_destination"
     assert_invariants(run)  # disk primary again at the source, guest running there, /32 still there
+
+
+async def test_a_guest_that_iterates_gets_a_fresh_mirror_snapshot_before_the_pause() -> None:
+    run = make_run(MigrationKind.LIVE)
+    run.fabric.clusters[SRC].domains[run.record.vm.id].dirty_rate_mbps = 200.0  # dirties, but the link is faster
+    run.record.options.max_bandwidth_mbps = 10_000
+    await drive(run)
+    assert run.record.state == MigrationState.COMPLETED, run.record.error
+    sid = run.record.context["final_snapshot_id"]
+    image = run.fabric.images[run.record.vm.image]
+    assert sid in image.snapshots and not image.snapshots[sid].demotion
+    assert [s.id for s in image.snapshots.values() if s.demotion][-1] > sid  # taken before the demotion's
+    assert_invariants(run)
+
+
+async def test_a_guest_done_in_one_pass_gets_no_extra_snapshot() -> None:
+    run = make_run(MigrationKind.LIVE)
+    run.fabric.clusters[SRC].domains[run.record.vm.id].dirty_rate_mbps = 0.0
+    await drive(run)
+    assert run.record.state == MigrationState.COMPLETED, run.record.error
+    assert "final_snapshot_id" not in run.record.context
