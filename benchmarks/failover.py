@@ -47,7 +47,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +56,8 @@ from cnf.agent.etcd_gateway import EtcdGateway  # noqa: E402
 from cnf.agent.raft import MASTER_KEY  # noqa: E402
 from lab.etcd import EtcdCluster  # noqa: E402
 from lab.federation import LoopbackAgent, plan_federation, write_agent_config  # noqa: E402
+from lab.postgres import async_url, pg_admin  # noqa: E402
 
-PG_ADMIN = os.environ.get("CNF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PROBE_RULE = {"rule": {"trigger": "cpu_pct>90", "action": "notify", "target": "least_loaded"}}
 PROBE_EVERY_S = 0.02
 START_TIMEOUT_S = 120.0
@@ -75,14 +74,6 @@ class Round:
     write_latency_s: float  # of the accepted write alone
     lease_bound_s: float | None
     election_s: float | None
-
-
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 class DeleteWatcher:
@@ -296,7 +287,7 @@ def _median(xs: list[float | None]) -> float:
 async def main_async(rounds: int, ttls: list[float], keep_logs: bool) -> None:
     base = Path(tempfile.mkdtemp(prefix="cnf-bench-failover-"))
     db = f"cnf_bench_failover_{uuid.uuid4().hex[:12]}"
-    db_url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{db}"
+    db_url = async_url(db)
     print(f"load average at the start: {os.getloadavg()[0]:.2f}; agent logs: {base}", flush=True)
     await pg_admin(f'CREATE DATABASE "{db}"')
     results: dict[float, list[Round]] = {}

@@ -32,7 +32,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,8 +46,8 @@ from cnf.sim.demo import DEMO_CLUSTERS, sim_drivers
 from cnf.sim.fabric import SimFabric
 from cnf.tasks.migration_tasks import SimWorldDirectory
 from cnf.tasks.runner import InProcessRunner
+from lab.postgres import async_url, pg_admin
 
-PG_ADMIN = os.environ.get("CNF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SRC, DST = DEMO_CLUSTERS[0][0], DEMO_CLUSTERS[1][0]
 EPOCH = 1
 SOLO = 3  # migrations run one at a time first: the per-step overhead without queueing
@@ -65,14 +64,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def seed(state_file: Path, n: int) -> None:
@@ -234,14 +225,13 @@ async def main() -> None:
     redis_port = free_port()
     redis = start_redis(tmp, redis_port)
     dbs = [f"cnf_bench_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
         for d in dbs:
             await pg_admin(f'CREATE DATABASE "{d}"')
         for name in ("inproc", "celery"):
             seed(tmp / f"{name}.json", n)
-        ip = await run_inprocess(f"{base}/{dbs[0]}", tmp / "inproc.json", n, kind)
-        ce = await run_celery(f"{base}/{dbs[1]}", tmp / "celery.json", n, kind,
+        ip = await run_inprocess(async_url(dbs[0]), tmp / "inproc.json", n, kind)
+        ce = await run_celery(async_url(dbs[1]), tmp / "celery.json", n, kind,
                               f"redis://127.0.0.1:{redis_port}/0", args.workers, args.concurrency, tmp)
         print(f"step overhead ms, migration alone: celery p50={pct(ce.solo, 50):.1f} p99={pct(ce.solo, 99):.1f} "
               f"(n={len(ce.solo)}); inprocess p50={pct(ip.solo, 50):.1f} p99={pct(ip.solo, 99):.1f}", flush=True)

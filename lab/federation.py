@@ -91,14 +91,19 @@ class LoopbackAgent:
 
     def log_events(self) -> list[dict[str, Any]]:
         """The agent's JSON log lines so far (every start appends to the same file)."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-        return out
+        return json_log_events(self.log)
+
+
+def json_log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a structlog log file (other lines, e.g. a traceback, are skipped)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
 
 
 def _manage(*args: str) -> None:

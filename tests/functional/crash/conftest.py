@@ -19,15 +19,14 @@ VMS = sum(len(t) for t in STEP_TABLES.values()) * 2
 @pytest.fixture(scope="session")
 def crash_pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL database for the whole crash suite (the ``pg_url`` fixture, session-scoped)."""
-    from tests.conftest import PG_ADMIN_DSN, _pg_admin
+    from lab.postgres import async_url, pg_admin
 
     name = f"cnf_crash_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield f"{base}/{name}"
+        yield async_url(name)
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

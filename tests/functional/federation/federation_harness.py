@@ -7,7 +7,6 @@ is physically consistent while every cloud-local step still goes through the own
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from lab.etcd import EtcdCluster
+from lab.federation import json_log_events
 from lab.loopback import free_port
 
 
@@ -72,14 +72,7 @@ class AgentProc:
                 self.proc.wait(timeout=10)
 
     def log_events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-        return out
+        return json_log_events(self.log)
 
 
 @dataclass
