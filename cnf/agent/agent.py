@@ -84,6 +84,8 @@ class Agent:
         self.election: Election
         self.directory: DriverDirectory
         self.peer_server: Any = None
+        #: this cloud's own drivers (not the embedded default's): closed at stop
+        self.own_drivers: ClusterDrivers | None = None
         self._known_clusters: set[str] = {config.cluster_id}
         self._attached: set[str] = set()
 
@@ -135,7 +137,7 @@ class Agent:
             if self.fabric is None:
                 self.fabric = self._embedded_world()
             return StaticDirectory({cid: sim_drivers(self.fabric, cid) for cid in self.fabric.clusters})
-        own = self._own_drivers()
+        own = self.own_drivers = self._own_drivers()
         tls_cfg = self.config.tls
         if not tls_cfg.dir and not tls_cfg.allow_plaintext:
             return StaticDirectory({self.config.cluster_id: own})  # a cloud alone: no peers to reach
@@ -245,6 +247,7 @@ class Agent:
         close = getattr(self.directory, "close", None)
         if close is not None:
             await close()
+        await self._close_own_drivers()
         await self.store.close()
         self.tracing.shutdown()
         if self._tmp is not None:
@@ -294,6 +297,22 @@ class Agent:
                      migrations=resumed)
         self._loops.append(asyncio.create_task(self._periodic_inventory()))
         self._loops.append(asyncio.create_task(self.policy_loop.run()))
+
+    async def _close_own_drivers(self) -> None:
+        """Close this cloud's real drivers (Ceph worker's image handles, QMP clients, vtysh sessions).
+
+        Why: a Ceph worker that exits with images open leaves its watch and, after a promote, the exclusive lock
+        registered until the OSD expires it (~30 s): the guest's next write at that site and ``rbd rm`` wait for the
+        dead owner. QEMU processes keep running (``QemuHypervisor.close`` only disconnects).
+        """
+        d = self.own_drivers
+        if d is None:
+            return
+        for port in (d.storage, d.hypervisor, d.bgp, d.cloud):
+            close = getattr(port, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
     async def _register_known_clusters(self, epoch: int) -> None:
         known = {c.id for c in await self.store.list_clusters()}
@@ -348,6 +367,8 @@ class Agent:
                 self.directory.add(sim_drivers(self.fabric, cluster_id))
             return "active"
         self._known_clusters.add(cluster_id)
+        if cluster_id == self.config.cluster_id:
+            return "active"  # this agent's own cloud: its drivers are local, there is no peer to reach
         if grpc_addr and await self._attach_peer(cluster_id, grpc_addr):
             return "active"
         return "unreachable"
