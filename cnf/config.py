@@ -158,6 +158,9 @@ class HypervisorConfig(_Section):
     append: str = "console=ttyS0 quiet"
     disk_template: str = "rbd:vms/{image}:conf=/etc/ceph/ceph.conf"
     listen_address: str = "127.0.0.1"
+    #: appended to every QEMU command line of this cloud, e.g. the guest NIC's ``-netdev``/``-device`` pair: its
+    #: guest-visible devices must be the same on both sides of a migration (only backends may differ)
+    extra_args: list[str] = Field(default_factory=list)
 
 
 class SchedulerConfig(_Section):

@@ -34,6 +34,8 @@ CLI: ``python -m lab.e2e up`` (prints each part's bring-up time; state in ``<roo
 ``/run/cnf-lab/e2e-current``), ``python -m lab.e2e migrate [--to a|b] [--fail-before-promote]`` (one migration,
 prints the timeline and the figures as text and one JSON line), ``python -m lab.e2e status``,
 ``python -m lab.e2e down`` (ends every process it started by PID, removes its namespaces).
+``migrate --through-agents``: the same migration through two ``cnf-agent`` processes and the REST API
+(``lab.e2e_agents``).
 """
 
 from __future__ import annotations
@@ -688,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--downtime-limit-ms", type=int, help="QEMU downtime-limit (default: MigrationOptions')")
     m.add_argument("--fail-before-promote", action="store_true",
                    help="kill the destination QEMU right before the point of no return (the VM must stay)")
+    m.add_argument("--through-agents", action="store_true",
+                   help="through the product: two cnf-agent processes (etcd, PostgreSQL, mTLS gRPC), REST API")
     d = sub.add_parser("down", help="end everything `up` started")
     d.add_argument("--root")
     s = sub.add_parser("status", help="where the VM runs, which site is primary, who announces the /32, pings")
@@ -715,6 +719,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         _say(json.dumps(state_of_world(lab) | {"pings": ping_check(lab)}))
         return 0
+    if args.through_agents:
+        other = next(c for c in CLUSTERS if c != lab.where)
+        if args.direct or args.fail_before_promote or args.to not in (None, other):
+            _say("--through-agents migrates to the other cloud, with the engine, without failure injection")
+            return 2
+        from lab.e2e_agents import migrate_through_agents
+
+        fig = migrate_through_agents(lab, downtime_limit_ms=args.downtime_limit_ms)
+        print_report(fig, _say)
+        _say("(through the agents the lab holds no QMP client: STOP->RESUME is the product's figure from QEMU's "
+             f"events; agents up in {fig['agents_up_s']} s, migration {fig['migration_id']})")
+        return 0 if fig["state"] == "completed" else 1
     fig = asyncio.run(lab.migrate(args.to, direct=args.direct, downtime_limit_ms=args.downtime_limit_ms,
                                   fail_before_promote=args.fail_before_promote))
     print_report(fig, _say)
