@@ -76,7 +76,8 @@ from cnf.storage.ceph import CephRbdMirror, CephSiteConfig
 from lab.ceph import POOL, SYSTEM_PYTHON, CephMirrorLab
 from lab.e2e_net import GATEWAY_IP, VM_IP, GuestNetwork
 from lab.e2e_probe import PingProbe, RouteWatch, SerialTail, kernel_errors
-from lab.e2e_report import Observation, figures, print_report, replies_from, summary
+from lab.e2e_report import figures, print_report, replies_from, summary
+from lab.e2e_watch import MigrationWatch
 from lab.frr import FrrLab, LabRouter, lab_prerequisites_missing
 from lab.guest import build_guest
 from lab.qemu import wait_heartbeats
@@ -396,46 +397,22 @@ class E2ELab:
             rec = engine.new_record(kind=MigrationKind.LIVE, vm=vm, source_cluster_id=src, dest_cluster_id=dst,
                                     dest_next_hop=self.next_hop(dst), options=options)
             before_errors = kernel_errors(hosts[src].serial_path(VM_ID))
-            probe = self.probe(f"run{self.runs}")
-            tails = {cid: SerialTail(hosts[cid].serial_path(VM_ID)) for cid in CLUSTERS}
-            route = RouteWatch(self.frr.route_server.namespace, PREFIX)
-            t_probe_start = time.time()
-            probe.start()
-            watchers: list[SerialTail | RouteWatch] = [*tails.values(), route]
-            started: list[SerialTail | RouteWatch] = []
+            watch = MigrationWatch(probe=self.probe(f"run{self.runs}"),
+                                   serials={cid: hosts[cid].serial_path(VM_ID) for cid in CLUSTERS},
+                                   route_namespace=self.frr.route_server.namespace, prefix=PREFIX, net=net,
+                                   clusters=CLUSTERS, src=src, dst=dst,
+                                   next_hops={cid: self.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS)
             events: list[MigrationEvent] = []
-            try:
-                for t in watchers:
-                    t.start()
-                    started.append(t)
-                # the probe must see the VM before the move: else a blackout would mean nothing
-                await asyncio.to_thread(probe.wait_answered, 10, after=0.0, within_s=10.0)
-                t0 = time.time()
+            async with watch:
+                watch.started()
                 if direct:
                     rec = await asyncio.wait_for(_direct(engine.directory, rec, events), 300.0)
                 else:
                     rec = await _drive(engine, rec, events, deadline_s=300.0,
                                        kill_destination_before=PONR_STEP if fail_before_promote else None)
-                t_end = time.time()
                 serving = dst if rec.state == MigrationState.COMPLETED else src
-                taps_at_end = {cid: net.tap_packets(cid) for cid in CLUSTERS}
-                # the replies must resume (and be seen steadily) before the probe stops: 20 in a row = 200 ms
-                await asyncio.to_thread(probe.wait_answered, 20, after=t_end, within_s=15.0, consecutive=True)
-                with contextlib.suppress(TimeoutError):  # a guest that does not beat shows in the figures
-                    await wait_heartbeats(hosts[serving].serial_path(VM_ID), above=_last_beat(tails[serving]),
-                                          count=3, within_s=10.0)
-                taps_after = {cid: net.tap_packets(cid) for cid in CLUSTERS}
-            finally:
-                for t in started:
-                    t.stop()
-                probe.stop()
-            t_probe_stop = time.time()
-            sends, replies = probe.log()
-            ob = Observation(src=src, dst=dst, t0=t0, t_end=t_end, t_probe_start=t_probe_start,
-                             t_probe_stop=t_probe_stop, sends=sends, replies=replies, src_tail=tails[src],
-                             dst_tail=tails[dst], route=route, src_next_hop=self.next_hop(src),
-                             dst_next_hop=self.next_hop(dst), taps_at_end=taps_at_end, taps_after=taps_after,
-                             hb_ms=HB_MS)
+                await watch.finished(serving)
+            ob = watch.observation()
             fig = figures(rec, events, ob)
             if before_errors:  # the guest's kernel complained before this migration started
                 fig["guest_kernel_errors"] = [f"before: {e}" for e in before_errors] + fig["guest_kernel_errors"]

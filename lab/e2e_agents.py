@@ -41,12 +41,12 @@ from cnf.sim.fabric import SimFabric
 from lab.ceph import POOL
 from lab.e2e import CLUSTERS, HB_MS, HOST_ADDRESSES, IMAGE_MB, PREFIX, RAM_MB, VM_ID, E2EError, E2ELab
 from lab.e2e_net import VM_IP
-from lab.e2e_probe import RouteWatch, SerialTail, kernel_errors
-from lab.e2e_report import Observation, figures
+from lab.e2e_probe import kernel_errors
+from lab.e2e_report import figures
+from lab.e2e_watch import MigrationWatch
 from lab.etcd import EtcdCluster
 from lab.federation import LoopbackAgent, plan_federation, write_agent_config
 from lab.postgres import async_url, pg_admin
-from lab.qemu import wait_heartbeats
 
 #: agent (cluster) names per lab cloud
 NAMES = {"a": "lab-a", "b": "lab-b"}
@@ -207,48 +207,24 @@ class AgentClouds:
         serial = {cid: lab.root / "qemu" / cid / VM_ID / "serial.log" for cid in CLUSTERS}
         before_errors = kernel_errors(serial[src])
         lab.runs += 1
-        probe = lab.probe(f"agents{lab.runs}")
-        tails = {cid: SerialTail(serial[cid]) for cid in CLUSTERS}
-        route = RouteWatch(lab.frr.route_server.namespace, PREFIX)
-        net = lab.net
         body: dict[str, Any] = {"dest_cluster_id": self.agents[dst].cluster_id}
         if downtime_limit_ms is not None:
             body["options"] = {"downtime_limit_ms": downtime_limit_ms}
-        t_probe_start = time.time()
-        probe.start()
-        started: list[SerialTail | RouteWatch] = []
-        try:
-            for w in [*tails.values(), route]:
-                w.start()
-                started.append(w)
-            await asyncio.to_thread(probe.wait_answered, 10, after=0.0, within_s=10.0)
+        watch = MigrationWatch(probe=lab.probe(f"agents{lab.runs}"), serials=serial,
+                               route_namespace=lab.frr.route_server.namespace, prefix=PREFIX, net=lab.net,
+                               clusters=CLUSTERS, src=src, dst=dst,
+                               next_hops={cid: lab.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS)
+        async with watch:
             async with httpx.AsyncClient(base_url=self._any().url, timeout=30) as http:
-                t0 = time.time()
+                watch.started()
                 r = await http.post(f"/v1/vms/{VM_ID}/live-migrate", json=body)
                 if r.status_code != 202:
                     raise E2EError(f"live-migrate refused: {r.status_code} {r.text[:500]}")
                 mid = r.json()["id"]
                 view = await _poll_terminal(http, mid, deadline_s)
-            t_end = time.time()
             rec = AgentRecord.from_view(view)
-            serving = dst if rec.state == MigrationState.COMPLETED else src
-            taps_at_end = {cid: net.tap_packets(cid) for cid in CLUSTERS}
-            await asyncio.to_thread(probe.wait_answered, 20, after=t_end, within_s=15.0, consecutive=True)
-            last = tails[serving].beats[-1][1] if tails[serving].beats else -1
-            with contextlib.suppress(TimeoutError):
-                await wait_heartbeats(serial[serving], above=last, count=3, within_s=10.0)
-            taps_after = {cid: net.tap_packets(cid) for cid in CLUSTERS}
-        finally:
-            for w in started:
-                w.stop()
-            probe.stop()
-        t_probe_stop = time.time()
-        sends, replies = probe.log()
-        ob = Observation(src=src, dst=dst, t0=t0, t_end=t_end, t_probe_start=t_probe_start,
-                         t_probe_stop=t_probe_stop, sends=sends, replies=replies, src_tail=tails[src],
-                         dst_tail=tails[dst], route=route, src_next_hop=lab.next_hop(src),
-                         dst_next_hop=lab.next_hop(dst), taps_at_end=taps_at_end, taps_after=taps_after,
-                         hb_ms=HB_MS)
+            await watch.finished(dst if rec.state == MigrationState.COMPLETED else src)
+        ob = watch.observation()
         events = [MigrationEvent(ts=e["ts"], kind=e["kind"], message=e["message"], phase=e.get("phase", ""),
                                  step=e.get("step", "")) for e in view.get("events", [])]
         fig = figures(rec, events, ob)  # type: ignore[arg-type]  # AgentRecord has the fields figures reads
