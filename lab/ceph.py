@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.loopback import free_ports
+from lab.shared import SharedLab
 
 DEFAULT_STATE_DIR = Path("/tmp/cnf-lab-ceph")
 POOL = "vms"
@@ -436,35 +437,21 @@ class CephMirrorLab:
         return cls(root=Path(state["root"]), sites=sites, tuned=state["tuned"])
 
 
-_shared: CephMirrorLab | None = None
-_shared_users = 0
-_shared_lock = threading.Lock()
+def _start_ceph_lab() -> CephMirrorLab:
+    lab = CephMirrorLab.create()
+    try:
+        lab.up()
+    except BaseException:
+        lab.down()
+        raise
+    return lab
 
 
-def acquire_shared_lab() -> CephMirrorLab:
-    """One lab per test process, shared by every session fixture that asks (contract suite + lab tests);
-    :func:`release_shared_lab` stops it when its last user is done."""
-    global _shared, _shared_users
-    with _shared_lock:
-        if _shared is None:
-            lab = CephMirrorLab.create()
-            try:
-                lab.up()
-            except BaseException:
-                lab.down()
-                raise
-            _shared = lab
-        _shared_users += 1
-        return _shared
-
-
-def release_shared_lab() -> None:
-    global _shared, _shared_users
-    with _shared_lock:
-        _shared_users -= 1
-        if _shared_users <= 0 and _shared is not None:
-            _shared.down()
-            _shared = None
+#: One lab per test process, shared by every session fixture that asks (contract suite + lab tests); the last
+#: ``release_shared_lab`` stops it.
+_SHARED: SharedLab[CephMirrorLab] = SharedLab(_start_ceph_lab, lambda lab: lab.down())
+acquire_shared_lab = _SHARED.acquire
+release_shared_lab = _SHARED.release
 
 
 def _alive(pid: int) -> bool:

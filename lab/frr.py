@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lab.owned_process import end_processes
+from lab.shared import SharedLab
 
 FRR_LIB = Path("/usr/lib/frr")
 FRR_ETC = Path("/etc/frr")
@@ -305,31 +306,17 @@ def _end_daemons(pids: list[int]) -> None:
     end_processes(sorted(pids, key=lambda p: comm(p) != "watchfrr"), grace_s=3.0)
 
 
-_shared_lab: FrrLab | None = None
-_shared_refs = 0
+def _start_frr_lab() -> FrrLab:
+    lab = FrrLab()
+    lab.up()
+    return lab
 
 
-def acquire_shared_lab() -> FrrLab:
-    """One lab per process for every test module that needs it (contract suite, lab tests, benchmarks).
-
-    Reference-counted: the first caller starts it, the last ``release_shared_lab`` tears it down. Session-scoped
-    pytest fixtures in several directories call these, so a test run pays the ~5-8 s bring-up once.
-    """
-    global _shared_lab, _shared_refs
-    if _shared_lab is None:
-        lab = FrrLab()
-        lab.up()
-        _shared_lab = lab
-    _shared_refs += 1
-    return _shared_lab
-
-
-def release_shared_lab() -> None:
-    global _shared_lab, _shared_refs
-    _shared_refs = max(0, _shared_refs - 1)
-    if _shared_refs == 0 and _shared_lab is not None:
-        lab, _shared_lab = _shared_lab, None
-        lab.down()
+#: One lab per process for every test module that needs it (contract suite, lab tests, benchmarks): session
+#: fixtures in several directories share it, so a test run pays the ~5-8 s bring-up once.
+_SHARED: SharedLab[FrrLab] = SharedLab(_start_frr_lab, lambda lab: lab.down())
+acquire_shared_lab = _SHARED.acquire
+release_shared_lab = _SHARED.release
 
 
 def _pid_in_namespace(pid: int, namespace: str) -> bool:

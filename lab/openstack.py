@@ -44,7 +44,6 @@ import os
 import secrets
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +83,7 @@ from lab.openstack_state import (
     template_dir,
 )
 from lab.owned_process import group_members
+from lab.shared import SharedLab
 
 __all__ = [
     "APT_PACKAGES", "DB_POOL", "FLAVOR", "IMAGE", "MYSQL", "NETWORK", "NEUTRON_REQUIREMENTS", "NEUTRON_VENV",
@@ -366,42 +366,30 @@ def memory_mb(lab: OpenStackLab) -> dict[str, float]:
 # ``CNF_LAB_OPENSTACK_REUSE=<lab.json>`` (developer loop) uses a lab started by ``python -m lab.openstack
 # up`` and never stops it.
 
-_shared: dict[str, Any] = {"lab": None, "refs": 0, "reused": False, "error": None}
-_shared_lock = threading.Lock()
+REUSE_ENV = "CNF_LAB_OPENSTACK_REUSE"
 
 
-def acquire(count: int = 2) -> OpenStackLab:
-    with _shared_lock:
-        if _shared["error"] is not None:  # a failed bring-up is not retried for every test
-            raise LabError(f"OpenStack lab bring-up failed earlier in this session: {_shared['error']}")
-        if _shared["lab"] is None:
-            reuse = os.environ.get("CNF_LAB_OPENSTACK_REUSE")
-            if reuse:
-                data = json.loads(Path(reuse).read_text())
-                _shared["lab"] = OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]],
-                                              token=data["token"], root=Path(data["root"]))
-                _shared["reused"] = reuse
-            else:
-                try:
-                    _shared["lab"] = up(count)
-                except BaseException as exc:
-                    _shared["error"] = exc
-                    raise
-        _shared["refs"] += 1
-        lab: OpenStackLab = _shared["lab"]
-        return lab
+def _start_shared() -> OpenStackLab:
+    reuse = os.environ.get(REUSE_ENV)
+    if not reuse:
+        return up(2)
+    data = json.loads(Path(reuse).read_text())
+    return OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
+                        root=Path(data["root"]))
 
 
-def release() -> None:
-    with _shared_lock:
-        _shared["refs"] -= 1
-        if _shared["refs"] <= 0 and _shared["lab"] is not None:
-            if not _shared["reused"]:
-                _shared["lab"].down()
-            else:  # keep the record current (a test may have restarted a service: new PID) for `down`
-                data = {**_shared["lab"].to_dict(), "owner_pid": 0}
-                Path(_shared["reused"]).write_text(json.dumps(data, indent=1))
-            _shared["lab"] = None
+def _stop_shared(lab: OpenStackLab) -> None:
+    reuse = os.environ.get(REUSE_ENV)
+    if not reuse:
+        lab.down()
+    else:  # keep the record current (a test may have restarted a service: new PID) for `down`
+        Path(reuse).write_text(json.dumps({**lab.to_dict(), "owner_pid": 0}, indent=1))
+
+
+# a failed bring-up (minutes) is not retried for every test
+_SHARED: SharedLab[OpenStackLab] = SharedLab(_start_shared, _stop_shared, remember_failure=True)
+acquire = _SHARED.acquire
+release = _SHARED.release
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,11 @@ end, so runs never share state and a crashed run's connections do not block the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 
 PG_ADMIN_DSN = os.environ.get("CNF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -25,3 +29,15 @@ async def pg_admin(sql: str) -> None:
 def async_url(database: str) -> str:
     """SQLAlchemy (asyncpg) URL of ``database`` on the admin DSN's server."""
     return PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{database}"
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A new database ``<prefix>_<hex>`` for the block (blocking; not inside a running event loop), as its
+    asyncpg SQLAlchemy URL; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield async_url(name)
+    finally:
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -43,6 +43,7 @@ from cnf.ports import ClusterDrivers, StaticDirectory
 from cnf.sim.fabric import SimFabric
 from cnf.storage.sim import SimRbdMirror
 from lab.guest import GuestImage, build_guest
+from lab.shared import SharedLab
 
 STATE_ROOT = Path("/tmp")
 HB_RE = re.compile(rb"^HB (\d+)\s*$", re.MULTILINE)
@@ -163,26 +164,11 @@ class QemuLabSession:
             pool.submit(asyncio.run, self.lab.down()).result()
 
 
-_shared: QemuLabSession | None = None
-_refs = 0
-
-
-def acquire_shared_lab() -> QemuLabSession:
-    """The session-wide lab (created on first use); pair every call with ``release_shared_lab``."""
-    global _shared, _refs
-    if _shared is None:
-        _shared = QemuLabSession()
-    _refs += 1
-    return _shared
-
-
-def release_shared_lab() -> None:
-    """Drop one reference; the last one ends every QEMU (by PID) and removes the lab directory."""
-    global _shared, _refs
-    _refs = max(0, _refs - 1)
-    if _refs == 0 and _shared is not None:
-        shared, _shared = _shared, None
-        shared.close()
+#: The session-wide lab (created on first use); pair every ``acquire_shared_lab`` with ``release_shared_lab``:
+#: the last release ends every QEMU (by PID) and removes the lab directory.
+_SHARED: SharedLab[QemuLabSession] = SharedLab(QemuLabSession, lambda session: session.close())
+acquire_shared_lab = _SHARED.acquire
+release_shared_lab = _SHARED.release
 
 
 @dataclass

@@ -1,25 +1,47 @@
-"""Fixtures shared by every test tier: throwaway databases, an embedded agent, an HTTP client on it."""
+"""Fixtures shared by every test tier: throwaway databases, the shared labs, an embedded agent, an HTTP client."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
-from lab.postgres import async_url, pg_admin
+from lab.postgres import throwaway_database
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test (dropped afterwards), as an asyncpg SQLAlchemy URL."""
-    name = f"cnf_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    with throwaway_database("cnf_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def frr_lab() -> Iterator[Any]:
+    """The FRR namespace lab (route server + three clouds), shared by the BGP contract suite and tests/lab/frr."""
+    from lab.frr import acquire_shared_lab, lab_prerequisites_missing, release_shared_lab
+
+    why = lab_prerequisites_missing()
+    if why:
+        pytest.skip(why)  # says what is missing (root, FRR); CI has both (scripts/deps)
+    lab = acquire_shared_lab()
     try:
-        yield async_url(name)
+        yield lab
     finally:
-        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        release_shared_lab()
+
+
+@pytest.fixture(scope="session")
+def openstack_lab() -> Iterator[Any]:
+    """Two real OpenStack clouds, shared by the cloud contract suite and tests/lab/openstack (started once)."""
+    import lab.openstack as lab_openstack
+
+    lab = lab_openstack.acquire()
+    try:
+        yield lab
+    finally:
+        lab_openstack.release()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the top-level ``lab`` package is not installed, only ``cnf`` is
     sys.path.insert(0, str(ROOT))
 
-from lab.frr import FrrLab, acquire_shared_lab, lab_prerequisites_missing, release_shared_lab  # noqa: E402
+from lab.frr import FrrLab  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,18 +79,6 @@ class Backend:
 
 
 # --- backends ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def frr_fabric() -> Iterator[FrrLab]:
-    why = lab_prerequisites_missing()
-    if why:
-        pytest.skip(why)
-    lab = acquire_shared_lab()
-    try:
-        yield lab
-    finally:
-        release_shared_lab()
 
 
 def _sim_backend() -> Backend:
@@ -137,7 +125,7 @@ def _frr_backend(lab: FrrLab) -> Backend:
 def bgp(request: pytest.FixtureRequest) -> Backend:
     if request.param == "sim":
         return _sim_backend()
-    return _frr_backend(request.getfixturevalue("frr_fabric"))
+    return _frr_backend(request.getfixturevalue("frr_lab"))
 
 
 @pytest.fixture

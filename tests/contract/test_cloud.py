@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -140,15 +140,6 @@ class OpenStackBackend:
         self.cloud.close()
         for c in self.extra:
             c.close()
-
-
-@pytest.fixture(scope="session")
-def openstack_lab() -> Iterator[Any]:
-    lab = lab_openstack.acquire(2)
-    try:
-        yield lab
-    finally:
-        lab_openstack.release()
 
 
 @pytest.fixture(params=["sim", pytest.param("openstack", marks=pytest.mark.lab)])

@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from cnf.agent.agent import upgrade_schema
 from cnf.db.store import FederationStore, make_engine
 from cnf.errors import Conflict, Fenced
-from cnf.migration.model import MigrationEvent, MigrationKind, MigrationState, VmRef
+from cnf.migration.model import MigrationEvent, MigrationKind, MigrationRecord, MigrationState, VmRef
 from cnf.openstack.base import Server
 
 TABLES = {"clusters", "vms", "migrations", "migration_events", "policies", "master_epoch", "idempotency_keys"}
@@ -66,6 +66,17 @@ async def seeded(url: str) -> FederationStore:
     return store
 
 
+def new_record(kind: MigrationKind = MigrationKind.LIVE) -> MigrationRecord:
+    """A migration record of vm1 (seeded in c1) to c2, as the engine makes it."""
+    from cnf.clock import ManualClock
+    from cnf.migration.engine import MigrationEngine
+    from cnf.ports import StaticDirectory
+
+    vm = VmRef(id="vm1", name="vm1", ip="10.99.0.5", image="vm1_disk", flavor="m1.small", vcpus=1, ram_mb=2048)
+    return MigrationEngine(StaticDirectory({}), ManualClock()).new_record(
+        kind=kind, vm=vm, source_cluster_id="c1", dest_cluster_id="c2")
+
+
 async def test_lower_epoch_is_fenced_in_the_same_transaction(db_url: str) -> None:
     store = await seeded(db_url)
     try:
@@ -81,17 +92,11 @@ async def test_lower_epoch_is_fenced_in_the_same_transaction(db_url: str) -> Non
 
 
 async def test_vm_lock_events_and_terminal_unlock(db_url: str) -> None:
-    from cnf.clock import ManualClock
-    from cnf.migration.engine import MigrationEngine
-    from cnf.ports import StaticDirectory
-
     store = await seeded(db_url)
     try:
-        engine = MigrationEngine(StaticDirectory({}), ManualClock())
-        vm = VmRef(id="vm1", name="vm1", ip="10.99.0.5", image="vm1_disk", flavor="m1.small", vcpus=1, ram_mb=2048)
-        rec = engine.new_record(kind=MigrationKind.LIVE, vm=vm, source_cluster_id="c1", dest_cluster_id="c2")
+        rec = new_record()
         await store.create_migration(5, rec)
-        other = engine.new_record(kind=MigrationKind.COLD, vm=vm, source_cluster_id="c1", dest_cluster_id="c2")
+        other = new_record(MigrationKind.COLD)
         with pytest.raises(Conflict):
             await store.create_migration(5, other)
         assert await store.claim(5, rec.id, "worker-a", 30)
@@ -111,16 +116,11 @@ async def test_vm_lock_events_and_terminal_unlock(db_url: str) -> None:
 
 
 async def test_lease_claim_and_load_save_releases_and_a_late_heartbeat_cannot_retake(db_url: str) -> None:
-    from cnf.clock import ManualClock
     from cnf.errors import NotFound
-    from cnf.migration.engine import MigrationEngine
-    from cnf.ports import StaticDirectory
 
     store = await seeded(db_url)
     try:
-        engine = MigrationEngine(StaticDirectory({}), ManualClock())
-        vm = VmRef(id="vm1", name="vm1", ip="10.99.0.5", image="vm1_disk", flavor="m1.small", vcpus=1, ram_mb=2048)
-        rec = engine.new_record(kind=MigrationKind.LIVE, vm=vm, source_cluster_id="c1", dest_cluster_id="c2")
+        rec = new_record()
         await store.create_migration(5, rec)
         loaded = await store.claim_and_load(5, rec.id, "worker-a", 30)
         assert loaded is not None and loaded.id == rec.id and loaded.to_dict() == rec.to_dict()

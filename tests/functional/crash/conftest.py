@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,14 +17,10 @@ VMS = sum(len(t) for t in STEP_TABLES.values()) * 2
 @pytest.fixture(scope="session")
 def crash_pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL database for the whole crash suite (the ``pg_url`` fixture, session-scoped)."""
-    from lab.postgres import async_url, pg_admin
+    from lab.postgres import throwaway_database
 
-    name = f"cnf_crash_{uuid.uuid4().hex[:12]}"
-    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield async_url(name)
-    finally:
-        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database("cnf_crash") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Fixtures for the FRR lab tests: one real route-server + 3-cloud FRR fabric per test session.
 
-The fabric is started by ``lab.frr`` (installs Debian's ``frr`` if missing, creates its own network namespaces
-with a random token) and shared with the BGP contract suite through ``acquire_shared_lab``; it is torn down (by
+The fabric (fixture ``frr_lab`` in ``tests/conftest.py``) is started by ``lab.frr`` (installs Debian's ``frr`` if
+missing, creates its own network namespaces with a random token) and shared with the BGP contract suite through
+``acquire_shared_lab``; it is torn down (by
 PID, namespaces deleted) when the last user releases it. Each test uses its own /32s, so tests cannot see each
 other's routes.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +19,8 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # the top-level ``lab`` package is not installed, only ``cnf`` is
     sys.path.insert(0, str(ROOT))
 
-from lab.frr import FrrLab, acquire_shared_lab, lab_prerequisites_missing, release_shared_lab  # noqa: E402
 
 _prefixes = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def frr_lab() -> Iterator[FrrLab]:
-    why = lab_prerequisites_missing()
-    if why:
-        pytest.skip(why)
-    lab = acquire_shared_lab()
-    try:
-        yield lab
-    finally:
-        release_shared_lab()
 
 
 @pytest.fixture

@@ -1,17 +1,13 @@
-"""Two real OpenStack clouds for the lab tests, started once per session by ``lab.openstack``.
+"""Import path for the OpenStack lab tests; their ``openstack_lab`` fixture is in ``tests/conftest.py``.
 
-The same ``acquire``/``release`` pair is used by ``tests/contract/test_cloud.py``, so a run of both
-suites starts the clouds once (the first acquire brings them up, the last release takes them down).
+That one session fixture serves ``tests/contract/test_cloud.py`` too, so a run of both suites starts the clouds
+once (``lab.openstack.acquire``/``release``: the first brings them up, the last takes them down).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 # the repo root holds the ``lab`` package; tests/lab (no __init__.py) would otherwise be picked up as a
 # namespace package ``lab`` when the root is not on sys.path (pytest puts tests/ there)
@@ -21,13 +17,3 @@ if _REPO not in sys.path:
 if getattr(sys.modules.get("lab"), "__file__", None) is None:
     for _name in [m for m in sys.modules if m == "lab" or m.startswith("lab.")]:
         del sys.modules[_name]
-import lab.openstack as lab_openstack  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def openstack_lab() -> Iterator[Any]:
-    lab = lab_openstack.acquire(2)
-    try:
-        yield lab
-    finally:
-        lab_openstack.release()
