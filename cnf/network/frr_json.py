@@ -45,6 +45,9 @@ class FrrPath:
     valid: bool
     peer_id: str
     last_update_epoch: int
+    # received, best-path not run yet (``processScheduled``): a replacement path stays ``valid: false`` until
+    # zebra has resolved its next-hop, while the router still forwards by its previous decision
+    pending: bool = False
 
     def origin_as(self, local_as: int) -> int:
         """The AS that originated the route: the last AS of the path, or ours for our own route."""
@@ -128,6 +131,7 @@ def _path(raw: Mapping[str, Any]) -> FrrPath:
         valid=bool(raw.get("valid")),
         peer_id=str(peer.get("peerId", "")),
         last_update_epoch=int(last.get("epoch", 0) or 0),
+        pending=bool(raw.get("processScheduled")),
     )
 
 
@@ -199,8 +203,14 @@ def fabric_path(prefix: str, view: Mapping[str, Any], *, local_as: int, self_nex
     2. else our own valid route, if we have advertised it to at least one peer (we are the only origin);
     3. else None: nobody in the fabric has a usable path.
     The same rule applied to a route server's (or an uninvolved cloud's) table gives its plain best path.
+
+    A learned path FRR has not judged yet (``pending``) counts even while ``valid: false``: when the route server
+    replaces the source's path by the destination's, the receiver shows only the new path, invalid until zebra has
+    resolved its next-hop (a few ms), and meanwhile forwards by its previous decision (best-path has not run, the
+    installed route is untouched). Leaving it out reported a moment without any path that no packet saw (CI, the
+    handoff contract test, ~1 run in 10; fixture ``show_bgp_ipv4_unicast_prefix.c3.nexthop_pending.json``).
     """
-    paths = [p for p in prefix_paths(view) if p.valid]
+    paths = [p for p in prefix_paths(view) if p.valid or (p.pending and not p.local)]
     learned = [p for p in paths if not p.local]
     if learned:
         chosen = next((p for p in learned if p.best), None)

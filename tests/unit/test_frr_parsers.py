@@ -150,6 +150,19 @@ def test_announcement_queued_for_best_path_is_not_yet_advertised() -> None:
     assert not frr_json.process_pending({})
 
 
+def test_replacement_path_awaiting_next_hop_resolution_is_still_the_fabric_path() -> None:
+    # captured on cloud c during a handoff: the route server replaced a's path by b's, whose next-hop zebra had not
+    # resolved yet (valid false, processScheduled); c still forwards by its previous decision, so this is no gap
+    view = fixture("show_bgp_ipv4_unicast_prefix.c3.nexthop_pending.json")
+    [raw] = view["paths"]
+    assert raw["valid"] is False and raw["processScheduled"] is True
+    got = frr_json.fabric_path("10.99.0.2/32", view, local_as=65003, self_next_hop="10.255.0.3")
+    assert got == BgpPath("10.99.0.2/32", "10.255.0.12", 65002)
+    # once FRR has judged it (no longer scheduled), an invalid path is no path
+    raw.pop("processScheduled")
+    assert frr_json.fabric_path("10.99.0.2/32", view, local_as=65003, self_next_hop="10.255.0.3") is None
+
+
 def test_learned_paths_hidden_by_our_own_route_pick_the_oldest() -> None:
     view = fixture("show_bgp_ipv4_unicast_prefix.rs.two_origins.json")
     for p in view["paths"]:
