@@ -146,6 +146,11 @@ class OpenStackConfig(_Section):
     application_credential_secret: str = Field("", repr=False)
     region_name: str = "RegionOne"
     network: str = ""  # Neutron network of the receivers' ports ("" = no Neutron)
+    #: bind the receiver to that port at boot (production); False: make the port but boot without a NIC (a Neutron
+    #: without agents cannot bind ports, see docs/openstack.md)
+    attach_port: bool = True
+    #: Glance image (name or id) receiver records are created from; ``create_receiver`` refuses without one
+    receiver_image: str = ""
 
 
 class HypervisorConfig(_Section):

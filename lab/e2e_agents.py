@@ -13,12 +13,22 @@ What runs (all started here, ended here by PID; the e2e lab's parts are reused a
   the route server as observer (``bgp:``), ``hypervisor`` = QEMU with runtime_dir ``<lab>/qemu/<cloud>`` - the
   directory the lab booted the guest in, so the source agent adopts the running QEMU (the lab's own driver for it
   is closed: one QMP client per domain) - and the guest NIC's tap backend (``hypervisor.extra_args``);
-  ``cloud`` = ``sim`` on a shared state file in which the lab registers the VM in the cloud it runs in;
-* the migration: ``POST /v1/clusters`` (both clouds, with their gRPC address), ``POST /v1/vms/<vm>/live-migrate``,
-  ``GET /v1/migrations/<id>`` polled until terminal.
+* ``cloud``: with an ``OpenStackLab`` (``openstack=``; the tests pass the session's, the CLI takes the one named by
+  ``CNF_LAB_OPENSTACK_REUSE``) ``drivers.cloud: real`` + ``openstack:`` = that cloud's Keystone (admin) and the lab's
+  receiver options: cloud a is the OpenStack lab's first cloud, b its second. Before the agents start, the guest
+  gets its record in the Nova of the cloud it runs in (``lab.e2e_nova``: tagged ``cnf-vm-e2e-vm1``, metadata
+  ``cnf_vm_id``, so CNF's id of it is the name the lab booted QEMU under). Without one: ``drivers.cloud: sim`` on
+  a shared state file in which the lab registers the VM in the cloud it runs in;
+* the task runner: ``tasks="celery"`` (default) starts a private ``redis-server`` (``lab.redis``) as the broker and
+  one ``cnf-worker`` per agent with that agent's config (``lab.federation.CeleryWorker``): the workers drive every
+  step and reach both clouds, their own included, through the agents over CNFPeer. ``inprocess`` (or
+  ``CNF_E2E_AGENTS_TASKS=inprocess`` for the CLI): the master agent drives the migration itself;
+* the migration: ``POST /v1/clusters`` (both clouds, with their Keystone URL and gRPC address),
+  ``POST /v1/vms/<vm>/live-migrate``, ``GET /v1/migrations/<id>`` polled until terminal.
 
 The lab cannot see the agents' QMP events, so the STOP->RESUME pause is the one the product computed from QEMU's
-events (``downtime.guest_pause_ms``); the heartbeat pause, the blackout and the total are the lab's own.
+events (``downtime.guest_pause_ms``); the heartbeat pause, the blackout and the total are the lab's own. Who drove
+the steps is read from the processes' logs afterwards (``AgentClouds.who_drove``).
 """
 
 from __future__ import annotations
@@ -26,12 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -41,15 +52,21 @@ from cnf.sim.fabric import SimFabric
 from lab.ceph import POOL
 from lab.e2e import CLUSTERS, HB_MS, HOST_ADDRESSES, IMAGE_MB, PREFIX, RAM_MB, VM_ID, E2EError, E2ELab
 from lab.e2e_net import VM_IP
+from lab.e2e_nova import agent_openstack_section, clouds_of, openstack_from_env, place_vm
 from lab.e2e_probe import kernel_errors
 from lab.e2e_report import figures
 from lab.e2e_watch import MigrationWatch
 from lab.etcd import EtcdCluster
-from lab.federation import LoopbackAgent, plan_federation, write_agent_config
+from lab.federation import CeleryWorker, LoopbackAgent, plan_federation, write_agent_config
+from lab.loopback import free_port
 from lab.postgres import async_url, pg_admin
+from lab.redis import RedisServer
 
 #: agent (cluster) names per lab cloud
 NAMES = {"a": "lab-a", "b": "lab-b"}
+TasksMode = Literal["celery", "inprocess"]
+#: ``CNF_E2E_AGENTS_TASKS=inprocess``: the CLI's agents drive the migration themselves (no Redis, no workers)
+TASKS_ENV = "CNF_E2E_AGENTS_TASKS"
 
 
 def _say(msg: str) -> None:
@@ -79,19 +96,29 @@ class AgentClouds:
 
     lab: E2ELab
     base: Path
+    #: the real OpenStack lab (``lab.openstack.OpenStackLab``) whose two clouds are a and b; None: the sim cloud
+    openstack: Any = None
+    #: who drives the migration: ``celery`` (a private redis-server, one ``cnf-worker`` per agent) or ``inprocess``
+    tasks: TasksMode = "celery"
     agents: dict[str, LoopbackAgent] = field(default_factory=dict)
+    workers: dict[str, CeleryWorker] = field(default_factory=dict)
+    redis: RedisServer | None = None
     etcd: EtcdCluster | None = None
     database: str = ""
+    nova_boot_s: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, lab: E2ELab, *, within_s: float = 90.0) -> AgentClouds:
-        """Start etcd, the database and both agents, register both clouds; on failure stop what was started."""
+    def start(cls, lab: E2ELab, *, openstack: Any = None, tasks: TasksMode = "celery",
+              within_s: float = 90.0) -> AgentClouds:
+        """Start etcd, the database, Redis + workers (``tasks="celery"``) and both agents, register both clouds; on
+        failure stop what was started. ``openstack``: an ``OpenStackLab`` whose Nova of each cloud the agents use
+        (``drivers.cloud: real``)."""
         base = lab.root / "agents"
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
-        fed = cls(lab=lab, base=base)
+        fed = cls(lab=lab, base=base, openstack=openstack, tasks=tasks)
         try:
             fed._start(within_s)
         except BaseException:
@@ -109,15 +136,36 @@ class AgentClouds:
         self.agents = dict(zip(CLUSTERS, planned, strict=True))
         for cid, agent in self.agents.items():
             agent.as_number = self.lab.router(cid).as_number
-        self._seed_world()
+        if self.openstack is None:
+            self._seed_world()
+        else:
+            t1 = time.monotonic()
+            nova_id = place_vm(self.openstack, self.lab.where)
+            self.nova_boot_s = round(time.monotonic() - t1, 2)
+            t0 += self.nova_boot_s  # Nova's boot (its own deadline) is not the agents' start-up budget
+            _say(f"[agents] {VM_ID} is Nova server {nova_id} in cloud {self.lab.where} "
+                 f"(ACTIVE, placed in {self.nova_boot_s:.1f} s)")
+        tasks: dict[str, Any] = {}
+        if self.tasks == "celery":
+            (self.base / "redis").mkdir()
+            self.redis = RedisServer(port=free_port(), workdir=self.base / "redis")
+            self.redis.start()
+            tasks = {"tasks": {"runner": "celery", "broker_url": self.redis.url}}
         for cid, agent in self.agents.items():
             write_agent_config(agent, self.base, etcd_endpoints=self.etcd.endpoints, lease_ttl_s=5.0,
-                               database_url=async_url(self.database), sim_vms=0, extra=self._real_drivers(cid))
+                               database_url=async_url(self.database), sim_vms=0,
+                               extra={**self._real_drivers(cid), **tasks})
         for agent in self.agents.values():
             agent.start()
+        if self.tasks == "celery":
+            self.workers = {cid: CeleryWorker(name=f"worker-{a.name}", config=a.config,
+                                              log=self.base / f"worker-{a.name}.log") for cid, a in self.agents.items()}
+            for w in self.workers.values():
+                w.start()
         self._wait(lambda: all(a.healthy() for a in self.agents.values()), t0 + within_s, "both agents healthy")
-        for agent in self.agents.values():
-            body = {"id": agent.cluster_id, "name": agent.name, "auth_url": f"sim://{agent.name}",
+        self._wait(lambda: all(w.ready() for w in self.workers.values()), t0 + within_s, "both Celery workers ready")
+        for cid, agent in self.agents.items():
+            body = {"id": agent.cluster_id, "name": agent.name, "auth_url": self._auth_url(cid),
                     "grpc_addr": f"127.0.0.1:{agent.grpc_port}", "bgp_as": agent.as_number}
             self._wait(lambda body=body: self._post(self._any().url + "/v1/clusters", body).status_code
                        in (201, 409), t0 + within_s, f"cluster register {body['name']}")
@@ -138,12 +186,23 @@ class AgentClouds:
             world.add_vm(self.agents[src].cluster_id, VM_ID, name=VM_ID, host=f"qemu-{src}", flavor=f"lab.{RAM_MB}",
                          ip=VM_IP, image_size_mb=IMAGE_MB)
 
+    def _auth_url(self, cid: str) -> str:
+        if self.openstack is None:
+            return f"sim://{self.agents[cid].name}"
+        return str(clouds_of(self.openstack)[cid].auth_url)
+
     def _real_drivers(self, cid: str) -> dict[str, Any]:
-        """The config sections that give agent ``cid`` the lab cloud's real storage, BGP and hypervisor."""
+        """The config sections that give agent ``cid`` the lab cloud's real storage, BGP, hypervisor and (with
+        ``openstack``) Keystone + Nova."""
         lab, site, router = self.lab, self.lab.site(cid), self.lab.router(cid)
         sc = site.driver_config()
+        cloud: dict[str, Any] = {}
+        if self.openstack is not None:
+            cloud = {"openstack": agent_openstack_section(clouds_of(self.openstack)[cid])}
         return {
-            "drivers": {"cloud": "sim", "storage": "real", "bgp": "real", "hypervisor": "real"},
+            **cloud,
+            "drivers": {"cloud": "sim" if self.openstack is None else "real", "storage": "real", "bgp": "real",
+                        "hypervisor": "real"},
             "ceph": {"pool": sc["pool"], "conf": sc["conf_path"], "client_name": sc["client_name"],
                      "keyring": sc["keyring"], "cluster_name": sc["cluster_name"]},
             "bgp": {"as_number": router.as_number, "next_hop": lab.next_hop(cid), "vtysh_pathspace": router.pathspace,
@@ -155,10 +214,17 @@ class AgentClouds:
         }
 
     def stop(self) -> None:
-        """SIGTERM both agents (SIGKILL after a grace period), stop etcd, drop the database. QEMU keeps running."""
+        """SIGTERM the workers and both agents (SIGKILL after a grace period), stop Redis and etcd, drop the
+        database. QEMU keeps running."""
+        for worker in self.workers.values():
+            with contextlib.suppress(Exception):
+                worker.stop()
         for agent in self.agents.values():
             with contextlib.suppress(Exception):
                 agent.stop()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.stop()
         if self.etcd is not None:
             with contextlib.suppress(Exception):
                 self.etcd.stop()
@@ -194,8 +260,9 @@ class AgentClouds:
             except (httpx.HTTPError, ValueError, KeyError, StopIteration) as exc:
                 last = exc
             time.sleep(0.2)
-        tails = {a.name: a.log.read_text(errors="replace")[-2000:] for a in self.agents.values() if a.log.exists()}
-        raise E2EError(f"timed out waiting for {what} (last error: {last!r}); agent logs: {tails}")
+        logs = {a.name: a.log for a in self.agents.values()} | {w.name: w.log for w in self.workers.values()}
+        tails = {name: log.read_text(errors="replace")[-2000:] for name, log in logs.items() if log.exists()}
+        raise E2EError(f"timed out waiting for {what} (last error: {last!r}); agent and worker logs: {tails}")
 
     # --- one migration ---------------------------------------------------------------------------------------
 
@@ -236,10 +303,25 @@ class AgentClouds:
         fig["migration_id"] = mid
         fig["downtime_limit_ms"] = (view.get("options") or {}).get("downtime_limit_ms")
         fig["failure_injected"] = False
+        fig["tasks"] = self.tasks
+        fig["driven_by"] = self.who_drove(mid)
         if rec.state == MigrationState.COMPLETED:
             lab.where = dst
         lab.save()
         return fig
+
+
+    def who_drove(self, migration_id: str) -> dict[str, Any]:
+        """From the processes' own logs: the Celery tasks each worker finished for this migration, the engine steps
+        the agents ran themselves (``step_started``: the in-process runner), and per cloud the operations its agent
+        served over CNFPeer (a worker reaches every cloud, its own included, that way)."""
+        tasks_done = {w.name: sum(1 for e in w.log_events() if e.get("event") == "task_done"
+                                  and e.get("migration_id") == migration_id) for w in self.workers.values()}
+        agent_steps = {a.name: sum(1 for e in a.log_events() if e.get("event") == "step_started")
+                       for a in self.agents.values()}
+        served = {cid: sorted({str(e.get("operation")) for e in a.log_events() if e.get("event") == "peer_call"})
+                  for cid, a in self.agents.items()}
+        return {"worker_tasks_done": tasks_done, "agent_steps_started": agent_steps, "peer_calls": served}
 
 
 async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -> dict[str, Any]:
@@ -257,12 +339,21 @@ async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -
     raise E2EError(f"migration {mid} not terminal after {deadline_s:.0f} s: {json.dumps(view)[:800]}")
 
 
-def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None) -> dict[str, Any]:
-    """Start the two agents, migrate once through them, stop them; returns the figures (+ ``agents_up_s``)."""
+def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None, openstack: Any = None,
+                           tasks: TasksMode | None = None) -> dict[str, Any]:
+    """Start the two agents, migrate once through them, stop them; returns the figures (+ ``agents_up_s``).
+
+    ``openstack``: the ``OpenStackLab`` whose clouds are a and b (the agents' cloud port is its Nova); None: the one
+    named by ``CNF_LAB_OPENSTACK_REUSE``, else the sim cloud (``fig["cloud"]`` says which). ``tasks``: ``celery``
+    (default) or ``inprocess``; None: ``CNF_E2E_AGENTS_TASKS``, else celery."""
+    openstack = openstack if openstack is not None else openstack_from_env()
+    mode: TasksMode = tasks or ("inprocess" if os.environ.get(TASKS_ENV) == "inprocess" else "celery")
     t0 = time.monotonic()
-    fed = AgentClouds.start(lab)
+    fed = AgentClouds.start(lab, openstack=openstack, tasks=mode)
     up_s = round(time.monotonic() - t0, 2)
-    _say(f"[agents] etcd x3, PostgreSQL, 2 agents up and both clouds registered in {up_s:.1f} s ({fed.base})")
+    runner = "Redis + 2 Celery workers, " if mode == "celery" else ""
+    _say(f"[agents] etcd x3, PostgreSQL, {runner}2 agents up and both clouds registered in {up_s:.1f} s "
+         f"({fed.base})")
     try:
         t1 = time.monotonic()
         fig = asyncio.run(fed.migrate(downtime_limit_ms=downtime_limit_ms))
@@ -271,6 +362,8 @@ def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None)
     finally:
         t2 = time.monotonic()
         fed.stop()
-        _say(f"[agents] agents, etcd and the database stopped in {time.monotonic() - t2:.1f} s")
+        _say(f"[agents] agents, workers, Redis, etcd and the database stopped in {time.monotonic() - t2:.1f} s")
     fig["agents_up_s"] = up_s
+    fig["cloud"] = "sim" if openstack is None else "openstack"
+    fig["nova_boot_s"] = fed.nova_boot_s
     return fig

@@ -9,7 +9,9 @@ Contract:
 - each agent runs ``python -m cnf.main --config <file>`` as our child, in its own session, output appended to its
   log file; it is ended only by its PID (:meth:`LoopbackAgent.kill` is SIGKILL, a crash; :meth:`LoopbackAgent.stop`
   is SIGTERM, SIGKILL after a grace period, via :mod:`lab.owned_process`);
-- a killed agent restarts with the same config: same cluster id, ports and certificate, a new PID.
+- a killed agent restarts with the same config: same cluster id, ports and certificate, a new PID;
+- a :class:`CeleryWorker` runs next to an agent with its config (``tasks.runner: celery``), ended by its process
+  group's id.
 """
 
 from __future__ import annotations
@@ -92,6 +94,51 @@ class LoopbackAgent:
     def log_events(self) -> list[dict[str, Any]]:
         """The agent's JSON log lines so far (every start appends to the same file)."""
         return json_log_events(self.log)
+
+
+@dataclass
+class CeleryWorker:
+    """One ``cnf-worker`` (``python -m cnf.tasks.worker``) next to an agent, with that agent's config file.
+
+    Why the agent's own file: the worker authenticates to the agents with that cloud's mTLS certificate (``tls.dir``
+    set: it reaches every cloud, its own included, through the agents over CNFPeer, and holds no driver) and reads
+    the same database and broker. Started in its own session; the prefork pool's children are in its process group,
+    which :meth:`stop` ends (SIGTERM: warm shutdown, SIGKILL after the grace period).
+    """
+
+    name: str
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def start(self, *, concurrency: int = 1, pool: str = "prefork") -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cnf.tasks.worker", "--config", str(self.config),
+                                          "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO"],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=str(ROOT), start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def alive(self) -> bool:
+        return self.proc is not None and process_alive(self.proc.pid)
+
+    def ready(self) -> bool:
+        """Celery printed ``<name> ready.``: the worker consumes from the queue."""
+        return self.alive() and self.log.exists() and " ready." in self.log.read_text(errors="replace")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc is not None:
+            end_process(self.proc.pid, grace_s=grace_s, group=True)
+            self.proc.poll()
+        self.proc = None
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The task bodies' JSON log lines (Celery's own lines are plain text and skipped)."""
+        return json_log_events(self.log) if self.log.exists() else []
 
 
 def json_log_events(path: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ def real_cloud(cfg: CNFConfig, clock: Clock) -> CloudDriver:
                              application_credential_id=o.application_credential_id,
                              application_credential_secret=o.application_credential_secret,
                              region_name=o.region_name)
-    return OpenStackCloud(cfg.cluster_id, creds, network=o.network or None, clock=clock)
+    return OpenStackCloud(cfg.cluster_id, creds, network=o.network or None, attach_port=o.attach_port,
+                          receiver_image=o.receiver_image, clock=clock)
 
 
 def real_storage(cfg: CNFConfig) -> StorageDriver:

@@ -51,3 +51,16 @@ def test_real_cloud_without_credentials_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as e:
         own_cloud_drivers(c, SystemClock(), sim_drivers(demo_fabric(), CID))
     assert e.value.field == "username"
+
+
+def test_real_cloud_carries_the_receiver_image_and_port_binding(tmp_path: Path) -> None:
+    """Without ``receiver_image`` an agent's real cloud refuses every ``create_receiver``: the key must reach it."""
+    c = cfg(tmp_path, {"cloud": "real"}, openstack={"auth_url": "http://127.0.0.1:5000/v3", "username": "admin",
+                                                    "password": "pw", "project_name": "admin",
+                                                    "receiver_image": "tiny", "attach_port": False})
+    d = own_cloud_drivers(c, SystemClock(), sim_drivers(demo_fabric(), CID))
+    from cnf.openstack.client import OpenStackCloud
+
+    assert isinstance(d.cloud, OpenStackCloud)
+    assert d.cloud.receiver_image == "tiny" and d.cloud.attach_port is False
+    d.cloud.close()

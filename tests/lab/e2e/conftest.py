@@ -5,7 +5,8 @@ Started by ``lab.e2e`` itself (Debian packages installed if missing) and ended b
 finalizer, whatever the test did. One bring-up serves every test of the directory (the live tests migrate the VM
 from wherever it runs). The Ceph pair is the session's shared ``lab.ceph`` lab (the storage contract suite and
 tests/lab/ceph use the same one: one Ceph bring-up per test run, ~12-45 s); the e2e lab only adds its own image to
-it. FRR, the namespaces and QEMU are its own (~10 s).
+it. FRR, the namespaces and QEMU are its own (~10 s). The migration through the agents also uses the session's real
+OpenStack clouds (``e2e_clouds``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,16 @@ def e2e_lab() -> Iterator[E2ELab]:
             lab.down()
     finally:
         lab_ceph.release_shared_lab()
+
+
+@pytest.fixture
+def e2e_clouds(openstack_lab: Any) -> Iterator[Any]:
+    """The session's two real OpenStack clouds (``openstack_lab`` in tests/conftest.py: shared with
+    tests/lab/openstack and the cloud contract suite, started once) as the e2e lab's clouds a and b. Afterwards the
+    VM's Nova records are deleted in both, so the other suites find the clouds as they left them."""
+    from lab.e2e_nova import remove_vm
+
+    try:
+        yield openstack_lab
+    finally:
+        remove_vm(openstack_lab)
