@@ -43,7 +43,7 @@ lab: venv system-deps
 	$(PY) -m lab.e2e up
 
 lab-migrate: venv
-	$(PY) -m lab.e2e migrate
+	$(PY) -m lab.e2e migrate $(ARGS)
 
 lab-down: venv
 	$(PY) -m lab.e2e down

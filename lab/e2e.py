@@ -669,6 +669,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="kill the destination QEMU right before the point of no return (the VM must stay)")
     m.add_argument("--through-agents", action="store_true",
                    help="through the product: two cnf-agent processes (etcd, PostgreSQL, mTLS gRPC), REST API")
+    m.add_argument("--openstack", action="store_true",
+                   help="with --through-agents: the agents' cloud port is the real Keystone + Nova of the clouds "
+                        "`python -m lab.openstack up` started (else the sim cloud)")
+    m.add_argument("--tasks", choices=("celery", "inprocess"), default="celery",
+                   help="with --through-agents: Celery workers on a private Redis (default) or the agents' runner")
     d = sub.add_parser("down", help="end everything `up` started")
     d.add_argument("--root")
     s = sub.add_parser("status", help="where the VM runs, which site is primary, who announces the /32, pings")
@@ -696,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         _say(json.dumps(state_of_world(lab) | {"pings": ping_check(lab)}))
         return 0
+    if (args.openstack or args.tasks != "celery") and not args.through_agents:
+        _say("--openstack and --tasks go with --through-agents")
+        return 2
     if args.through_agents:
         other = next(c for c in CLUSTERS if c != lab.where)
         if args.direct or args.fail_before_promote or args.to not in (None, other):
@@ -703,7 +711,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from lab.e2e_agents import migrate_through_agents
 
-        fig = migrate_through_agents(lab, downtime_limit_ms=args.downtime_limit_ms)
+        openstack = None
+        if args.openstack:
+            from lab.e2e_nova import openstack_from_state
+
+            try:
+                openstack = openstack_from_state()
+            except FileNotFoundError as exc:
+                _say(f"--openstack: {exc}")
+                return 2
+        fig = migrate_through_agents(lab, downtime_limit_ms=args.downtime_limit_ms, openstack=openstack,
+                                     tasks=args.tasks)
         print_report(fig, _say)
         _say("(through the agents the lab holds no QMP client: STOP->RESUME is the product's figure from QEMU's "
              f"events; agents up in {fig['agents_up_s']} s, migration {fig['migration_id']})")

@@ -66,13 +66,28 @@ def openstack_from_env() -> Any | None:
     running ones (never stopped here), without it the agents keep the sim cloud.
     """
     path = os.environ.get("CNF_LAB_OPENSTACK_REUSE")
-    if not path:
-        return None
+    return _lab_from_record(Path(path)) if path else None
+
+
+def _lab_from_record(path: Path) -> Any:
     from lab.openstack import LabCloud, OpenStackLab
 
-    data = json.loads(Path(path).read_text())
+    data = json.loads(path.read_text())
     return OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
                         root=Path(data["root"]))
+
+
+def openstack_from_state() -> Any:
+    """The clouds ``python -m lab.openstack up`` left running (its ``current.json``); never stopped here.
+
+    ``FileNotFoundError`` naming the command to run when none is up.
+    """
+    from lab.openstack import STATE_ROOT
+
+    current = STATE_ROOT / "current.json"
+    if not current.exists():
+        raise FileNotFoundError(f"no OpenStack lab is up ({current} is missing): run `python -m lab.openstack up`")
+    return _lab_from_record(current)
 
 
 def agent_openstack_section(cloud: Any) -> dict[str, Any]:
