@@ -4,7 +4,9 @@ Why: live-migration tests need a real guest whose liveness is visible from outsi
 ``HB <n>`` on its serial console every ``hb_ms`` milliseconds (kernel argument, default 100), so a test can prove
 that the same guest process keeps counting on the destination after a migration (the counter continues from
 where the source stopped). With ``dirty_mb=<N>`` on the kernel command line it also rewrites N MiB of random
-data in a loop, which is how tests and benchmarks make a guest that out-dirties a bandwidth-limited link.
+data in a loop, which is how tests and benchmarks make a guest that out-dirties a bandwidth-limited link. With
+``fill_mb=<N>`` it writes N MiB of random data into a tmpfs once at boot (before the first heartbeat) and then
+stays idle: a guest whose RAM is really used, so a migration copies N MiB of non-zero pages.
 With ``vm_ip=<a.b.c.d> gw=<e.f.g.h>`` it configures its virtio-net NIC (``virtio_net`` and its ``failover``
 dependencies are modules of the Debian cloud kernel, copied into the initramfs and loaded by init) with the
 VM's /32 and a default route via the on-link gateway, so the kernel answers pings (``lab.e2e_net``).
@@ -53,14 +55,22 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
          failover net_failover virtio_net; do
   [ -f /mod/$m.ko ] && insmod /mod/$m.ko 2>/dev/null
 done
-HB_MS=100; DIRTY_MB=0; VM_IP=""; GW=""
+HB_MS=100; DIRTY_MB=0; FILL_MB=0; VM_IP=""; GW=""
 for a in $(cat /proc/cmdline); do
   case $a in
-    hb_ms=*) HB_MS=${a#hb_ms=};; dirty_mb=*) DIRTY_MB=${a#dirty_mb=};;
+    hb_ms=*) HB_MS=${a#hb_ms=};; dirty_mb=*) DIRTY_MB=${a#dirty_mb=};; fill_mb=*) FILL_MB=${a#fill_mb=};;
     vm_ip=*) VM_IP=${a#vm_ip=};; gw=*) GW=${a#gw=};;
   esac
 done
 echo "CNFGUEST booted uptime=$(cut -d' ' -f1 /proc/uptime) hb_ms=$HB_MS dirty_mb=$DIRTY_MB"
+if [ "$FILL_MB" -gt 0 ]; then
+  # once, before the heartbeat: RAM really in use (random, so no zero pages) that then stays untouched
+  mkdir -p /fill && mount -t tmpfs -o size=${FILL_MB}m fill /fill \
+    && dd if=/dev/urandom of=/fill/data bs=1M count=$FILL_MB 2>/dev/null \
+    && echo "CNFGUEST filled ${FILL_MB}MiB uptime=$(cut -d' ' -f1 /proc/uptime)" \
+    || echo "CNFGUEST fill FAILED"
+  grep -E '^(MemTotal|MemFree|MemAvailable|Shmem):' /proc/meminfo | tr -s ' ' | tr '\n' ' '; echo
+fi
 ip link set lo up
 if [ -n "$VM_IP" ] && [ -n "$GW" ]; then
   # the VM's /32 and an on-link gateway: the host side of the tap answers as $GW with the same MAC on every
@@ -98,14 +108,21 @@ class GuestImage:
     initrd: Path
     kernel_package: str
 
-    def append(self, *, hb_ms: int = 100, dirty_mb: int = 0, vm_ip: str = "", gateway: str = "") -> str:
+    def append(self, *, hb_ms: int = 100, dirty_mb: int = 0, vm_ip: str = "", gateway: str = "",
+               fill_mb: int = 0) -> str:
         """The kernel command line: serial console, quiet boot, heartbeat period and dirtier size.
+
+        ``fill_mb`` (> 0): before its first heartbeat the guest writes that many MiB of ``/dev/urandom`` into a
+        tmpfs file and leaves them untouched (``CNFGUEST filled <N>MiB``): RAM that is really in use, for
+        migration benchmarks, without the dirtying that QEMU 7.2 TCG migrations corrupt. Omitted when 0, so the
+        default command line is unchanged.
 
         ``vm_ip`` and ``gateway`` (both or neither): the guest puts ``vm_ip/32`` on its virtio NIC ``eth0`` with a
         default route via the on-link ``gateway`` and prints ``CNFGUEST net <ip> via <gw>`` (or ``... FAILED``).
         """
         net = f" vm_ip={vm_ip} gw={gateway}" if vm_ip and gateway else ""
-        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}{net}"
+        fill = f" fill_mb={fill_mb}" if fill_mb > 0 else ""
+        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}{net}{fill}"
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = CMD_TIMEOUT) -> str:

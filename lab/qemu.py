@@ -103,13 +103,16 @@ class QemuLab:
         return self.hosts[cluster_id]
 
     async def boot(self, cluster_id: str, vm_id: str, *, ram_mb: int = 256, dirty_mb: int = 0,
-                   hb_ms: int = 100, wait: bool = True) -> Path:
-        """Boot the lab guest on ``cluster_id``; with ``wait`` returns once it printed 3 heartbeats."""
+                   hb_ms: int = 100, wait: bool = True, fill_mb: int = 0) -> Path:
+        """Boot the lab guest on ``cluster_id``; with ``wait`` returns once it printed 3 heartbeats.
+
+        ``fill_mb``: the guest first writes that many MiB of random data (lab/guest.py), ~30 s per GiB under TCG.
+        """
         hv = self.hosts[cluster_id]
-        await hv.boot(vm_id, ram_mb, append=self.guest.append(hb_ms=hb_ms, dirty_mb=dirty_mb))
+        await hv.boot(vm_id, ram_mb, append=self.guest.append(hb_ms=hb_ms, dirty_mb=dirty_mb, fill_mb=fill_mb))
         serial = hv.serial_path(vm_id)
         if wait:
-            await wait_heartbeats(serial, count=3, within_s=90.0)
+            await wait_heartbeats(serial, count=3, within_s=90.0 + fill_mb / 8.0)
         return serial
 
     def fresh_hosts(self) -> dict[str, QemuHypervisor]:
@@ -251,7 +254,7 @@ class CnfOnQemu:
 
 async def _up(args: argparse.Namespace) -> int:
     lab = QemuLab.create()
-    serial = await lab.boot("a", args.vm, ram_mb=args.ram_mb, dirty_mb=args.dirty_mb)
+    serial = await lab.boot("a", args.vm, ram_mb=args.ram_mb, dirty_mb=args.dirty_mb, fill_mb=args.fill_mb)
     desc = {"root": str(lab.root), "kernel": str(lab.guest.kernel), "initrd": str(lab.guest.initrd),
             "vm": args.vm, "cluster": "a", "serial": str(serial), "pid": lab.host("a").pid(args.vm)}
     (lab.root / "lab.json").write_text(json.dumps(desc))
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--vm", default="vm1")
     up.add_argument("--ram-mb", type=int, default=256)
     up.add_argument("--dirty-mb", type=int, default=0)
+    up.add_argument("--fill-mb", type=int, default=0, help="MiB of random data the guest writes once at boot")
     down = sub.add_parser("down", help="end every QEMU under ROOT (by PID) and remove ROOT")
     down.add_argument("root")
     args = parser.parse_args(argv)

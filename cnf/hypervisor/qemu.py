@@ -50,9 +50,10 @@ from cnf.hypervisor.qmp_translation import (
     IN_FLIGHT,
     RUN_STATES,
     VM_ID_RE,
-    bandwidth_bytes_per_s,
+    incoming_capabilities,
     progress_from_query_migrate,
     source_capabilities,
+    source_parameters,
     stop_resume_times,
     validate_params,
 )
@@ -60,6 +61,10 @@ from cnf.hypervisor.qmp_translation import (
 log = structlog.get_logger(__name__)
 
 PORT = "hypervisor"
+#: how often a starting QEMU is looked at until its QMP socket accepts: the destination's start is on the
+#: migration's critical path (benchmarks/live_migration.py), and a 50 ms step cost 25 ms on average there; a look
+#: is one ``stat``
+QMP_CONNECT_POLL_S = 0.01
 
 @dataclass(frozen=True)
 class QemuMachine:
@@ -126,6 +131,7 @@ class _Handle:
     history: list[int] = field(default_factory=list)
     caps: dict[str, bool] = field(default_factory=dict)
     samplers: set[asyncio.Task[None]] = field(default_factory=set)
+    wakers: set[asyncio.Event] = field(default_factory=set)  # set at every QMP event (``_await_status_change``)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -261,7 +267,7 @@ class QemuHypervisor:
                 if time.monotonic() > deadline:
                     raise DriverUnavailable(f"QEMU of {h.vm_id} never opened {h.qmp_path}", port=PORT,
                                             operation="connect", vm_id=h.vm_id)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(QMP_CONNECT_POLL_S)
                 continue
             try:
                 await asyncio.wait_for(client.connect(str(h.qmp_path)), self.command_timeout)
@@ -273,7 +279,7 @@ class QemuHypervisor:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
                 client = QMPClient(f"{self.cluster_id}/{h.vm_id}")
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(QMP_CONNECT_POLL_S)
         h.client, h.loop = client, loop
         h.reader = asyncio.create_task(self._read_events(h, client), name=f"qmp-events-{h.vm_id}")
         return client
@@ -308,6 +314,8 @@ class QemuHypervisor:
                             qemu_time=float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6,
                             local_time=time.monotonic())
                 h.events.append(ev)
+                for waker in h.wakers:
+                    waker.set()
                 if ev.name == "MIGRATION_PASS" and int(ev.data.get("pass", 0)) >= 2:
                     task = asyncio.create_task(self._sample_pass(h, client))
                     h.samplers.add(task)
@@ -316,6 +324,9 @@ class QemuHypervisor:
             raise
         except Exception as exc:  # connection lost: qemu.qmp ends the iterator with an error
             log.info("qmp_events_ended", cluster=self.cluster_id, vm_id=h.vm_id, reason=repr(exc))
+        finally:
+            for waker in h.wakers:  # a waiter looks again (and finds the process gone)
+                waker.set()
 
     async def _sample_pass(self, h: _Handle, client: QMPClient) -> None:
         with contextlib.suppress(QMPError, OSError, TimeoutError, StateError):
@@ -479,8 +490,7 @@ class QemuHypervisor:
             return endpoint
 
     async def _listen(self, h: _Handle, address: str) -> str:
-        caps = {"events": True, "late-block-activate": True, "postcopy-ram": True,
-                "multifd": self.multifd_channels > 0}
+        caps = incoming_capabilities(multifd=self.multifd_channels > 0)
         try:
             await self._set_caps(h, caps)
         except DriverError as exc:  # no userfaultfd on this host: post-copy is unavailable, pre-copy still works
@@ -542,14 +552,8 @@ class QemuHypervisor:
                 raise DriverError(f"{vm_id} is not running here (QEMU state {state})", vm_id=vm_id,
                                   cluster_id=self.cluster_id)
             await self._set_caps(h, source_capabilities(params, multifd=self.multifd_channels > 0))
-            qemu_params: dict[str, object] = {
-                "downtime-limit": params.downtime_limit_ms,
-                "max-bandwidth": bandwidth_bytes_per_s(params.max_bandwidth_mbps),
-                "cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "throttle-trigger-threshold": 50,
-            }
-            if self.multifd_channels > 0:
-                qemu_params["multifd-channels"] = self.multifd_channels
-            await self._qmp(h, "migrate-set-parameters", qemu_params)
+            await self._qmp(h, "migrate-set-parameters",
+                            source_parameters(params, multifd_channels=self.multifd_channels))
             h.mark = len(h.events)
             h.history.clear()
             self._final.pop(vm_id, None)
@@ -616,13 +620,22 @@ class QemuHypervisor:
 
     async def _await_status_change(self, h: _Handle, wait_s: float) -> None:
         """Until QEMU announced (``MIGRATION`` event) a status past setup/active since the migration began, or
-        ``wait_s``; reads the in-memory event list every 2 ms (no QMP round trip while waiting)."""
+        ``wait_s``. Woken by the event reader at every QMP event, so the caller learns of ``pre-switchover`` at
+        once (the guest is paused from then on) and nothing spins while the copy runs (was: a look every 2 ms,
+        CPU the copy competes for on a small host); a look every 50 ms at the latest, to notice a dead QEMU."""
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and not any(
-                e.name == "MIGRATION" and e.data.get("status") not in ("setup", "active") for e in h.since_mark()):
-            if not h.alive():
-                return
-            await asyncio.sleep(0.002)
+        while True:
+            waker = asyncio.Event()
+            h.wakers.add(waker)  # before looking: an event arriving after the look still wakes this waiter
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0 or not h.alive() or any(e.name == "MIGRATION" and e.data.get("status") not in (
+                        "setup", "active") for e in h.since_mark()):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waker.wait(), min(left, 0.05))
+            finally:
+                h.wakers.discard(waker)
 
     async def _await_event(self, h: _Handle, name: str, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s

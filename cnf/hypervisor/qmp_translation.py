@@ -98,3 +98,25 @@ def source_capabilities(params: MigrationParams, *, multifd: bool) -> dict[str, 
         "postcopy-ram": params.post_copy or "post_copy" in params.non_convergence_action,
         "multifd": multifd,
     }
+
+
+def source_parameters(params: MigrationParams, *, multifd_channels: int = 0) -> dict[str, object]:
+    """The ``migrate-set-parameters`` arguments the source gets on every migration.
+
+    The throttle values are what ``auto_converge`` starts from (it raises them per application). Shared with
+    ``benchmarks/live_migration.py``, whose raw QMP baseline must run with exactly these parameters.
+    """
+    out: dict[str, object] = {
+        "downtime-limit": params.downtime_limit_ms,
+        "max-bandwidth": bandwidth_bytes_per_s(params.max_bandwidth_mbps),
+        "cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "throttle-trigger-threshold": 50,
+    }
+    if multifd_channels > 0:
+        out["multifd-channels"] = multifd_channels
+    return out
+
+
+def incoming_capabilities(*, multifd: bool, postcopy: bool = True) -> dict[str, bool]:
+    """The destination's capabilities, set before ``migrate-incoming`` (``late-block-activate``: the destination
+    opens its disk only when it starts running, after the storage handover)."""
+    return {"events": True, "late-block-activate": True, "postcopy-ram": postcopy, "multifd": multifd}

@@ -34,7 +34,7 @@ from typing import Any
 
 from cnf.errors import DriverError, IllegalTransition, NotConverging
 from cnf.hypervisor.base import MigrationParams, guest_pause_ms
-from cnf.migration.model import MigrationKind, MigrationRecord, Phase
+from cnf.migration.model import MigrationKind, MigrationOptions, MigrationRecord, Phase
 from cnf.migration.preflight import run_preflight
 from cnf.openstack.base import ServerSpec
 from cnf.ports import ClusterDrivers
@@ -240,7 +240,11 @@ async def prepare_incoming_undo(sc: StepContext) -> None:
 
 
 def _params(sc: StepContext) -> MigrationParams:
-    o = sc.record.options
+    return migration_params(sc.record.options)
+
+
+def migration_params(o: MigrationOptions) -> MigrationParams:
+    """The hypervisor's parameters for a migration's options (also the raw QMP baseline's, in the benchmark)."""
     return MigrationParams(downtime_limit_ms=o.downtime_limit_ms, max_bandwidth_mbps=o.max_bandwidth_mbps,
                            auto_converge=o.non_convergence.startswith("auto_converge"),
                            post_copy="post_copy" in o.non_convergence,

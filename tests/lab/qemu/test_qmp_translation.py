@@ -21,8 +21,10 @@ from cnf.hypervisor.base import MigrationParams, MigrationProgress, guest_pause_
 from cnf.hypervisor.qemu import QemuHypervisor, QemuMachine
 from cnf.hypervisor.qmp_translation import (
     bandwidth_bytes_per_s,
+    incoming_capabilities,
     progress_from_query_migrate,
     source_capabilities,
+    source_parameters,
     stop_resume_times,
     validate_params,
 )
@@ -188,3 +190,19 @@ def test_initramfs_is_a_valid_newc_archive(tmp_path: Path) -> None:
     arc = _NewcArchive()
     arc.file("x", b"abc")
     assert _cpio_names(arc.finish()) == {"x": 0o100755}
+
+
+def test_source_parameters_carry_the_migration_s_limits() -> None:
+    params = MigrationParams(downtime_limit_ms=75, max_bandwidth_mbps=8000, auto_converge=True, post_copy=False,
+                             non_convergence_action="auto_converge")
+    out = source_parameters(params)
+    assert out["downtime-limit"] == 75 and out["max-bandwidth"] == 1_000_000_000
+    assert "multifd-channels" not in out
+    assert source_parameters(params, multifd_channels=4)["multifd-channels"] == 4
+
+
+def test_the_destination_opens_its_disk_late() -> None:
+    caps = incoming_capabilities(multifd=False)
+    assert caps["late-block-activate"] and caps["events"] and not caps["multifd"]
+    assert incoming_capabilities(multifd=True, postcopy=False) == {
+        "events": True, "late-block-activate": True, "postcopy-ram": False, "multifd": True}
