@@ -22,8 +22,11 @@ What is measured, by the lab itself (``lab.e2e_probe`` instruments, ``lab.e2e_re
 * network blackout: the probe pings 10.99.0.5 every 10 ms through the migration; the longest run of unanswered
   requests. Which host the replies came from is read from the taps' packet counters. The route server's kernel
   route for the /32 (``ip monitor route``) gives a secondary, packet-free figure;
-* total wall time of the migration; data integrity: a 4 KiB block written through the *source* QEMU's block layer
-  (HMP ``qemu-io``) before the migration is read back through librbd and through QEMU where the VM ends up;
+* total wall time of the migration; data integrity, judged by the guest itself: every 200 ms it reads back
+  (O_DIRECT) the record it wrote last to one sector of its RBD disk, writes the next one and prints ``DISK n ok``
+  (``lab.guest`` ``disk_ms``); the first record after the move must continue the last one before it (its read at
+  the destination returned the source's last write), no line may say BAD, and the guest must go on writing. The
+  lab also reads that sector at the serving site through librbd (``check_site_record``);
   guest health: the heartbeat counter continues and no kernel error appears on either console.
 
 A migration can be made to fail right before the point of no return (``fail_before_promote``): the destination
@@ -34,8 +37,8 @@ CLI: ``python -m lab.e2e up`` (prints each part's bring-up time; state in ``<roo
 ``/run/cnf-lab/e2e-current``), ``python -m lab.e2e migrate [--to a|b] [--fail-before-promote]`` (one migration,
 prints the timeline and the figures as text and one JSON line), ``python -m lab.e2e status``,
 ``python -m lab.e2e down`` (ends every process it started by PID, removes its namespaces).
-``migrate --through-agents``: the same migration through two ``cnf-agent`` processes and the REST API
-(``lab.e2e_agents``).
+``migrate --through-agents [--fail-before-promote]``: the same migration through two ``cnf-agent`` processes and
+the REST API (``lab.e2e_agents``).
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ from lab.e2e_probe import PingProbe, RouteWatch, SerialTail, kernel_errors
 from lab.e2e_report import figures, print_report, replies_from, summary
 from lab.e2e_watch import MigrationWatch
 from lab.frr import FrrLab, LabRouter, lab_prerequisites_missing
-from lab.guest import build_guest
-from lab.qemu import wait_heartbeats
+from lab.guest import DISK_RECORD_OFFSET, build_guest, parse_disk_record
+from lab.qemu import heartbeats, wait_heartbeats
 
 STATE_DIR = Path("/run/cnf-lab")
 CURRENT = STATE_DIR / "e2e-current"
@@ -92,6 +95,8 @@ IMAGE = f"{VM_ID}_disk"  # SimFabric names a VM's image "<vm>_disk"
 IMAGE_MB = 64
 RAM_MB = 128
 HB_MS = 100
+#: the guest reads back its last disk record and writes the next one every DISK_MS ms (``lab.guest`` ``disk_ms``)
+DISK_MS = 200
 #: the step right before which ``fail_before_promote`` kills the destination QEMU (the point of no return)
 PONR_STEP = "cutover.promote_destination"
 
@@ -238,7 +243,7 @@ class E2ELab:
             def guest() -> None:
                 g = build_guest()
                 self.kernel, self.initrd = str(g.kernel), str(g.initrd)
-                self.append = g.append(hb_ms=HB_MS, vm_ip=VM_IP, gateway=GATEWAY_IP)
+                self.append = g.append(hb_ms=HB_MS, vm_ip=VM_IP, gateway=GATEWAY_IP, disk_ms=DISK_MS)
 
             if ceph is None:
                 self._part("ceph: two sites + two-way rbd-mirror", ceph_up)
@@ -384,10 +389,7 @@ class E2ELab:
                 raise E2EError(f"{VM_ID} does not run on host {src} ({d})")
             for s in storages.values():
                 await s.start()
-            # integrity: a block written through the source QEMU's own block layer before the migration
             self.runs += 1
-            offset, pattern = (1 + self.runs % 200) * 65536, (0x11 * self.runs) % 255 + 1
-            await _hmp(hosts[src], f'qemu-io disk0 "write -P {pattern:#x} {offset} 4096"')
             srv = fabric.cluster(src).servers[VM_ID]
             vm = VmRef(id=VM_ID, name=VM_ID, ip=VM_IP, image=IMAGE, flavor=srv.flavor, vcpus=srv.vcpus,
                        ram_mb=srv.ram_mb, host=srv.host, status="ACTIVE")
@@ -401,7 +403,8 @@ class E2ELab:
                                    serials={cid: hosts[cid].serial_path(VM_ID) for cid in CLUSTERS},
                                    route_namespace=self.frr.route_server.namespace, prefix=PREFIX, net=net,
                                    clusters=CLUSTERS, src=src, dst=dst,
-                                   next_hops={cid: self.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS)
+                                   next_hops={cid: self.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS,
+                                   disk_ms=DISK_MS)
             events: list[MigrationEvent] = []
             async with watch:
                 watch.started()
@@ -421,8 +424,7 @@ class E2ELab:
             fig["failure_injected"] = fail_before_promote
             if rec.state == MigrationState.COMPLETED:
                 self.where = dst
-            if rec.state in (MigrationState.COMPLETED, MigrationState.FAILED):
-                fig["integrity"] = await self._integrity(hosts[serving], serving, offset, pattern)
+            await asyncio.to_thread(check_site_record, self, fig["integrity"])
             self.save()
             return fig
         finally:
@@ -430,25 +432,6 @@ class E2ELab:
                 await _close_storage(s)
             for h in hosts.values():
                 await h.close()
-
-    async def _integrity(self, hv: QemuHypervisor, cid: str, offset: int, pattern: int) -> dict[str, Any]:
-        """The block written before the migration, read back at ``cid`` (where the VM runs now) two ways."""
-        data = await asyncio.to_thread(_rbd_read, self.site(cid), IMAGE, offset, 4096)
-        via_librbd = data == bytes([pattern]) * 4096
-        # HMP qemu-io prints on QEMU's stdout (the driver's qemu.log), not on the monitor
-        qlog = hv.serial_path(VM_ID).with_name("qemu.log")
-        before = qlog.stat().st_size if qlog.exists() else 0
-        await _hmp(hv, f'qemu-io disk0 "read -P {pattern:#x} {offset} 4096"')
-        out = ""
-        for _ in range(50):
-            out = qlog.read_bytes()[before:].decode(errors="replace") if qlog.exists() else ""
-            if "bytes at offset" in out or "verification failed" in out:
-                break
-            await asyncio.sleep(0.02)
-        via_qemu = f"read 4096/4096 bytes at offset {offset}" in out and "verification failed" not in out
-        return {"cloud": cid, "offset": offset, "pattern": pattern, "site_librbd_ok": via_librbd,
-                "qemu_read_ok": via_qemu, "ok": via_librbd and via_qemu}
-
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
@@ -580,14 +563,6 @@ def _keep_qmp_events(rec: MigrationRecord, hv: Any, side: str) -> None:
         kept.append((side, name, e.qemu_time))
 
 
-async def _hmp(hv: QemuHypervisor, command: str) -> str:
-    """One HMP command on a domain's QMP monitor (lab-only use of the driver's monitor connection)."""
-    h = hv._handle(VM_ID)
-    if h is None:
-        raise E2EError(f"no domain {VM_ID} on host {hv.cluster_id}")
-    return str(await hv._qmp(h, "human-monitor-command", {"command-line": command}))
-
-
 def _rbd_read(site: Any, image: str, offset: int, length: int) -> bytes:
     script = ("import sys, rados, rbd\n"
               "conf, cluster, pool, image, off, n = sys.argv[1:7]\n"
@@ -602,10 +577,67 @@ def _rbd_read(site: Any, image: str, offset: int, length: int) -> bytes:
     return p.stdout
 
 
-def state_of_world(lab: E2ELab) -> dict[str, Any]:
+def check_site_record(lab: E2ELab, integrity: dict[str, Any]) -> None:
+    """Read the guest's record sector at the site where the VM runs (librbd, outside the guest and QEMU).
+
+    Why, next to the guest's own read-backs: they prove what the guest reads through its QEMU; this proves the
+    image at the serving site holds it (the guest fsyncs each record through ``cache=none``, so the sector holds
+    a record not older than the last ``DISK n`` line the lab saw). Updates ``integrity`` in place (``site_*``,
+    ``ok``, ``why``); nothing to do when the guest wrote no records.
+    """
+    if integrity.get("ok") is None:
+        return
+    cid, last = integrity["cloud"], integrity.get("last_record")
+    try:
+        n = parse_disk_record(_rbd_read(lab.site(cid), IMAGE, DISK_RECORD_OFFSET, 512))
+    except E2EError as exc:
+        n, integrity["site_error"] = None, str(exc)[:300]
+    ok = n is not None and last is not None and n >= last
+    integrity.update(site_record=n, site_last_seen=last, site_ok=ok)
+    if not ok:
+        integrity["ok"] = False
+        integrity["why"] = "; ".join(x for x in (integrity.get("why"), f"site {cid}'s image holds record {n}, "
+                                                 f"older than the guest's last {last} (or none)") if x)
+
+
+def domain_qemu_pid(domain_dir: Path) -> int | None:
+    """The PID of the live QEMU of a domain directory ``QemuHypervisor`` made (its ``pid`` file), else None.
+
+    The PID counts only while its command line names that directory's ``qmp.sock`` (a reused PID does not).
+    """
+    try:
+        pid = int((domain_dir / "pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if state not in ("Z", "X") and str(domain_dir / "qmp.sock").encode() in cmdline else None
+
+
+def guest_beating(lab: E2ELab, cid: str, *, within_s: float = 2.0) -> bool:
+    """The guest runs on host ``cid``: its QEMU process lives and a new heartbeat appears on its serial console.
+
+    Why next to QMP's run state: while the agents run, their QEMU driver holds each domain's only QMP connection,
+    so the lab cannot ask QEMU; a counter advancing on that host's console is the guest's own word.
+    """
+    domain_dir = lab.root / "qemu" / cid / VM_ID
+    if domain_qemu_pid(domain_dir) is None:
+        return False
+    serial = domain_dir / "serial.log"
+    last = max(heartbeats(serial), default=-1)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if max(heartbeats(serial), default=-1) > last:
+            return True
+    return False
+
+
+def state_of_world(lab: E2ELab, *, via_qmp: bool = True) -> dict[str, Any]:
     """Where things are, read from the real components (for tests and the CLI).
 
-    ``running``: clouds whose QEMU runs the guest; ``primary``: sites where the image is primary; ``announcing``:
+    ``running``: clouds whose QEMU runs the guest (QMP's run state; ``via_qmp=False``, while the agents hold the
+    QMP connections: ``guest_beating``); ``primary``: sites where the image is primary; ``announcing``:
     cloud routers originating the /32; ``rs_best_next_hop``: the route server's best path; ``host_routes``: hosts
     that route the /32 to a tap (a QEMU with the guest's NIC runs there).
     """
@@ -615,8 +647,12 @@ def state_of_world(lab: E2ELab) -> dict[str, Any]:
         for cid in CLUSTERS:
             hv, st, sp = lab.hypervisor(cid), lab.storage(cid), lab.speaker(cid)
             try:
-                d = await hv.domain(VM_ID)
-                if d is not None and d.state == "running":
+                if via_qmp:
+                    d = await hv.domain(VM_ID)
+                    running = d is not None and d.state == "running"
+                else:
+                    running = await asyncio.to_thread(guest_beating, lab, cid)
+                if running:
                     out["running"].append(cid)
                 if (await st.status(IMAGE)).primary:
                     out["primary"].append(cid)
@@ -706,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.through_agents:
         other = next(c for c in CLUSTERS if c != lab.where)
-        if args.direct or args.fail_before_promote or args.to not in (None, other):
-            _say("--through-agents migrates to the other cloud, with the engine, without failure injection")
+        if args.direct or args.to not in (None, other):
+            _say("--through-agents migrates to the other cloud, with the engine")
             return 2
         from lab.e2e_agents import migrate_through_agents
 
@@ -721,11 +757,11 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"--openstack: {exc}")
                 return 2
         fig = migrate_through_agents(lab, downtime_limit_ms=args.downtime_limit_ms, openstack=openstack,
-                                     tasks=args.tasks)
+                                     tasks=args.tasks, fail_before_promote=args.fail_before_promote)
         print_report(fig, _say)
         _say("(through the agents the lab holds no QMP client: STOP->RESUME is the product's figure from QEMU's "
              f"events; agents up in {fig['agents_up_s']} s, migration {fig['migration_id']})")
-        return 0 if fig["state"] == "completed" else 1
+        return 0 if fig["state"] == ("failed" if args.fail_before_promote else "completed") else 1
     fig = asyncio.run(lab.migrate(args.to, direct=args.direct, downtime_limit_ms=args.downtime_limit_ms,
                                   fail_before_promote=args.fail_before_promote))
     print_report(fig, _say)

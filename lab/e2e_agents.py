@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,20 @@ from cnf.clock import SystemClock
 from cnf.migration.model import MigrationEvent, MigrationState, StepRecord
 from cnf.sim.fabric import SimFabric
 from lab.ceph import POOL
-from lab.e2e import CLUSTERS, HB_MS, HOST_ADDRESSES, IMAGE_MB, PREFIX, RAM_MB, VM_ID, E2EError, E2ELab
+from lab.e2e import (
+    CLUSTERS,
+    DISK_MS,
+    HB_MS,
+    HOST_ADDRESSES,
+    IMAGE_MB,
+    PREFIX,
+    RAM_MB,
+    VM_ID,
+    E2EError,
+    E2ELab,
+    check_site_record,
+    domain_qemu_pid,
+)
 from lab.e2e_net import VM_IP
 from lab.e2e_nova import agent_openstack_section, clouds_of, openstack_from_env, place_vm
 from lab.e2e_probe import kernel_errors
@@ -247,8 +261,10 @@ class AgentClouds:
         active = {c["id"] for c in rows if c.get("status") == "active"}
         return all(a.cluster_id in active for a in self.agents.values())
 
-    def _vm_known(self) -> bool:
-        r = httpx.get(self._any().url + "/v1/vms", timeout=5)
+    def _vm_known(self, cid: str | None = None) -> bool:
+        """The VM is in the federation's inventory (``cid``: listed in that cloud)."""
+        params = {"cluster_id": self.agents[cid].cluster_id} if cid else None
+        r = httpx.get(self._any().url + "/v1/vms", params=params, timeout=5)
         return r.status_code == 200 and any(v.get("id") == VM_ID for v in r.json().get("vms", []))
 
     def _wait(self, predicate: Any, deadline: float, what: str) -> None:
@@ -266,11 +282,21 @@ class AgentClouds:
 
     # --- one migration ---------------------------------------------------------------------------------------
 
-    async def migrate(self, *, downtime_limit_ms: int | None = None, deadline_s: float = 300.0) -> dict[str, Any]:
-        """Live-migrate the guest to the other cloud through the agents' REST API; returns the lab's figures."""
+    async def migrate(self, *, downtime_limit_ms: int | None = None, deadline_s: float = 300.0,
+                      fail_before_promote: bool = False) -> dict[str, Any]:
+        """Live-migrate the guest to the other cloud through the agents' REST API; returns the lab's figures.
+
+        ``fail_before_promote``: the lab kills the destination agent's QEMU (found by its pidfile in the
+        destination's runtime_dir) as soon as ``GET /v1/migrations/<id>`` shows the migration in the cutover before
+        the point of no return (``kill_window``); the product must give the migration up and keep the VM at the
+        source. Can be called again on the same agents: the next run moves the VM from wherever it is then.
+        """
         lab = self.lab
         src = lab.where
         dst = next(c for c in CLUSTERS if c != src)
+        # the master's inventory follows a finished move at its next sync: ask only once it has the VM at src
+        await asyncio.to_thread(self._wait, lambda: self._vm_known(src), time.monotonic() + 30.0,
+                                f"{VM_ID} listed in cloud {src}")
         serial = {cid: lab.root / "qemu" / cid / VM_ID / "serial.log" for cid in CLUSTERS}
         before_errors = kernel_errors(serial[src])
         lab.runs += 1
@@ -280,7 +306,8 @@ class AgentClouds:
         watch = MigrationWatch(probe=lab.probe(f"agents{lab.runs}"), serials=serial,
                                route_namespace=lab.frr.route_server.namespace, prefix=PREFIX, net=lab.net,
                                clusters=CLUSTERS, src=src, dst=dst,
-                               next_hops={cid: lab.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS)
+                               next_hops={cid: lab.next_hop(cid) for cid in CLUSTERS}, hb_ms=HB_MS,
+                               disk_ms=DISK_MS)
         async with watch:
             async with httpx.AsyncClient(base_url=self._any().url, timeout=30) as http:
                 watch.started()
@@ -288,8 +315,13 @@ class AgentClouds:
                 if r.status_code != 202:
                     raise E2EError(f"live-migrate refused: {r.status_code} {r.text[:500]}")
                 mid = r.json()["id"]
+                injected: dict[str, Any] = {}
+                if fail_before_promote:
+                    injected = await _kill_in_window(http, mid, lab.root / "qemu" / dst / VM_ID, deadline_s)
                 view = await _poll_terminal(http, mid, deadline_s)
             rec = AgentRecord.from_view(view)
+            if "at" in injected:
+                rec.context["e2e_injected_at"] = injected["at"]
             await watch.finished(dst if rec.state == MigrationState.COMPLETED else src)
         ob = watch.observation()
         events = [MigrationEvent(ts=e["ts"], kind=e["kind"], message=e["message"], phase=e.get("phase", ""),
@@ -297,12 +329,15 @@ class AgentClouds:
         fig = figures(rec, events, ob)  # type: ignore[arg-type]  # AgentRecord has the fields figures reads
         # the product's STOP -> RESUME pause from QEMU's events (the lab holds no QMP client of the agents' QEMUs)
         fig["guest_pause_ms_stop_resume"] = rec.context.get("guest_pause_ms")
+        await asyncio.to_thread(check_site_record, lab, fig["integrity"])
         if before_errors:
             fig["guest_kernel_errors"] = [f"before: {e}" for e in before_errors] + fig["guest_kernel_errors"]
         fig["mode"] = "agents"
         fig["migration_id"] = mid
         fig["downtime_limit_ms"] = (view.get("options") or {}).get("downtime_limit_ms")
-        fig["failure_injected"] = False
+        fig["failure_injected"] = fail_before_promote
+        if fail_before_promote:
+            fig["injection"] = injected
         fig["tasks"] = self.tasks
         fig["driven_by"] = self.who_drove(mid)
         if rec.state == MigrationState.COMPLETED:
@@ -324,6 +359,50 @@ class AgentClouds:
         return {"worker_tasks_done": tasks_done, "agent_steps_started": agent_steps, "peer_calls": served}
 
 
+#: the cutover steps during which the destination QEMU is killed: the source is paused in pre-switchover (its
+#: pre-copy is done) and demoted or demoting, the destination not promoted yet (the point of no return)
+KILL_WINDOW = ("cutover.demote_source", "cutover.await_demotion", "cutover.promote_destination")
+
+
+def kill_domain_qemu(domain_dir: Path) -> int | None:
+    """SIGKILL the QEMU of a domain directory an agent's QemuHypervisor made (its ``pid`` file), as a crash would.
+
+    Returns the PID killed, None when no such QEMU ran (``domain_qemu_pid``: a reused PID is left alone).
+    """
+    pid = domain_qemu_pid(domain_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+async def _kill_in_window(http: httpx.AsyncClient, mid: str, domain_dir: Path, deadline_s: float) -> dict[str, Any]:
+    """Poll the migration every 10 ms; in ``KILL_WINDOW`` before the promote started, kill the destination QEMU.
+
+    Why from outside and by the REST view: the agents (or their workers) drive the steps, the lab cannot stop
+    between two of them as it does in-process. Demote + await-demotion take ~100-200 ms here (plus a task hop
+    each), a poll takes ~10-30 ms: the kill lands before the promote. Returns what was seen when killing
+    (``step``, ``promote_status``, ``at``, ``pid``) or, if the window was missed, ``missed`` with the view's step.
+    """
+    end = time.monotonic() + deadline_s
+    view: dict[str, Any] = {}
+    while time.monotonic() < end:
+        with contextlib.suppress(httpx.HTTPError):
+            r = await http.get(f"/v1/migrations/{mid}")
+            if r.status_code == 200:
+                view = r.json()
+                steps = view.get("steps", [])
+                promote: dict[str, Any] = next((st for st in steps if st["name"] == KILL_WINDOW[-1]), {})
+                if MigrationState(view["state"]).terminal or view.get("point_of_no_return_passed") \
+                        or promote.get("status") not in (None, "pending"):
+                    return {"missed": view.get("step"), "state": view["state"]}
+                if view.get("step") in KILL_WINDOW:
+                    at = time.time()
+                    return {"step": view["step"], "promote_status": promote.get("status"), "at": at,
+                            "pid": kill_domain_qemu(domain_dir)}
+        await asyncio.sleep(0.01)
+    raise E2EError(f"migration {mid} never reached the cutover in {deadline_s:.0f} s: {json.dumps(view)[:800]}")
+
+
 async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -> dict[str, Any]:
     """``GET /v1/migrations/<id>`` every 50 ms until the state is terminal (``E2EError`` after ``deadline_s``)."""
     end = time.monotonic() + deadline_s
@@ -339,8 +418,20 @@ async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -
     raise E2EError(f"migration {mid} not terminal after {deadline_s:.0f} s: {json.dumps(view)[:800]}")
 
 
+def run_migration(fed: AgentClouds, *, downtime_limit_ms: int | None = None,
+                  fail_before_promote: bool = False) -> dict[str, Any]:
+    """One migration on running agents (any number of them one after the other); the figures + which cloud."""
+    t1 = time.monotonic()
+    fig = asyncio.run(fed.migrate(downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote))
+    _say(f"[agents] migration {fig['from']}->{fig['to']} {fig['state']} (total {fig['total_s']} s), measured in "
+         f"{time.monotonic() - t1:.1f} s")
+    fig["cloud"] = "sim" if fed.openstack is None else "openstack"
+    fig["nova_boot_s"] = fed.nova_boot_s
+    return fig
+
+
 def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None, openstack: Any = None,
-                           tasks: TasksMode | None = None) -> dict[str, Any]:
+                           tasks: TasksMode | None = None, fail_before_promote: bool = False) -> dict[str, Any]:
     """Start the two agents, migrate once through them, stop them; returns the figures (+ ``agents_up_s``).
 
     ``openstack``: the ``OpenStackLab`` whose clouds are a and b (the agents' cloud port is its Nova); None: the one
@@ -355,15 +446,10 @@ def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None,
     _say(f"[agents] etcd x3, PostgreSQL, {runner}2 agents up and both clouds registered in {up_s:.1f} s "
          f"({fed.base})")
     try:
-        t1 = time.monotonic()
-        fig = asyncio.run(fed.migrate(downtime_limit_ms=downtime_limit_ms))
-        _say(f"[agents] migration {fig['state']} (total {fig['total_s']} s), measured in "
-             f"{time.monotonic() - t1:.1f} s")
+        fig = run_migration(fed, downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote)
     finally:
         t2 = time.monotonic()
         fed.stop()
         _say(f"[agents] agents, workers, Redis, etcd and the database stopped in {time.monotonic() - t2:.1f} s")
     fig["agents_up_s"] = up_s
-    fig["cloud"] = "sim" if openstack is None else "openstack"
-    fig["nova_boot_s"] = fed.nova_boot_s
     return fig

@@ -7,7 +7,8 @@ Why: what a user of a migrated VM notices is measured by the lab itself, never t
   file run as a script (stdlib only) under ``ip netns exec``: a process of its own, so the lab's event loop and
   the probe never delay each other. Network blackout = ``probe_blackout``: the longest time without any reply
   (a run of lost requests, or of requests answered only late by a guest that was paused), less one interval.
-* ``SerialTail``: host wall-clock time of every ``HB n`` line of a guest's serial log (guest pause).
+* ``SerialTail``: host wall-clock time of every ``HB n`` line of a guest's serial log (guest pause), and of every
+  ``DISK n ok|BAD`` line of the guest's own disk writer; ``disk_verdict`` judges those (data integrity).
 * ``RouteWatch`` + ``route_blackout_ms``: the route server's kernel route for the /32 and how long it led to no
   running guest (the first slice's approximation, kept as a secondary figure: it needs no packets).
 
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HB_RE = re.compile(rb"^HB (\d+)\s*$")
+#: the guest's own disk check (``lab.guest`` ``disk_ms``): ``DISK <n> ok`` or ``DISK <n> BAD <what>``
+DISK_RE = re.compile(rb"^DISK (\d+) (.*?)\s*$")
 #: what a sick guest kernel prints on its console (oops, BUG, list corruption, panic)
 KERNEL_ERROR_RE = re.compile(rb"(BUG[: ]|Oops|corruption|Kernel panic|general protection fault|Call Trace)")
 _ECHO_REQUEST, _ECHO_REPLY = 8, 0
@@ -268,6 +271,7 @@ class SerialTail(threading.Thread):
         self.path = path
         self.period_s = period_s
         self.beats: list[tuple[float, int]] = []
+        self.disk: list[tuple[float, int, str]] = []  # (seen at, record n, "ok" or "BAD ...")
         self.kernel_errors: list[str] = []
         self.first_fragment: tuple[float, bytes] | None = None  # a non-heartbeat line before the first beat
         self._stop_flag = threading.Event()
@@ -302,11 +306,14 @@ class SerialTail(threading.Thread):
         *lines, self._partial = data.split(b"\n")
         for line in lines:
             m = HB_RE.match(line.strip())
+            d = DISK_RE.match(line.strip())
             if m:
                 self.beats.append((now, int(m.group(1))))
+            elif d:
+                self.disk.append((now, int(d.group(1)), d.group(2).decode(errors="replace")[:200]))
             elif KERNEL_ERROR_RE.search(line):
                 self.kernel_errors.append(line.strip().decode(errors="replace")[:200])
-            elif not self.beats and self.first_fragment is None:
+            elif not self.beats and not self.disk and self.first_fragment is None:
                 self.first_fragment = (now, line)
 
     @property
@@ -326,9 +333,57 @@ class SerialTail(threading.Thread):
         m = HB_RE.match((source.partial + rest).strip())
         return (t, int(m.group(1))) if m else None
 
+    def joined_disk(self, source: SerialTail) -> tuple[float, int, str] | None:
+        """Like ``joined_beat``, for a ``DISK n ...`` line the switchover split."""
+        if self.first_fragment is None or not source.partial:
+            return None
+        t, rest = self.first_fragment
+        d = DISK_RE.match((source.partial + rest).strip())
+        return (t, int(d.group(1)), d.group(2).decode(errors="replace")[:200]) if d else None
+
     def stop(self) -> None:
         self._stop_flag.set()
         self.join(5)
+
+
+def disk_verdict(source: list[tuple[float, int, str]], destination: list[tuple[float, int, str]], *, moved: bool,
+                 t_end: float, split_at: float | None = None) -> dict[str, object]:
+    """Judge the guest's own disk records (``DISK n ok|BAD``) seen during one migration (pure).
+
+    Each record line says the guest read back record n-1 from its disk intact (all 512 bytes, O_DIRECT) and wrote
+    record n. The handover kept every write when the first record after the move continues the last one before
+    it (``first_after == last_before + 1``: that read at the destination returned what the source wrote last) and
+    no line says BAD; the guest kept writing when at least one record came after the migration ended. ``moved``:
+    the records after the move are ``destination``'s; else (the migration was given up) the source's, split at
+    ``split_at`` (the failure injection) or, without it, at the longest gap between two source records (the
+    pause). ``ok`` is None when the guest wrote no records at all (a guest without ``disk_ms``).
+    """
+    if not source and not destination:
+        return {"ok": None, "why": "the guest wrote no disk records (no disk_ms= on its command line)"}
+    bad = [f"{n} {v}" for _, n, v in [*source, *destination] if v != "ok"][:5]
+    if moved:
+        before, after = source, destination
+    else:
+        if split_at is None and len(source) >= 2:
+            gaps = [(b[0] - a[0], a[0]) for a, b in itertools.pairwise(source)]
+            split_at = max(gaps)[1] + 1e-6
+        before = [r for r in source if split_at is None or r[0] <= split_at]
+        after = [r for r in source if split_at is not None and r[0] > split_at]
+    last_before = before[-1][1] if before else None
+    first_after = after[0][1] if after else None
+    counters = [n for _, n, _ in before] + [n for _, n, _ in after]
+    contiguous = all(b == a + 1 for a, b in itertools.pairwise(counters))
+    after_end = sum(1 for t, _, _ in after if t > t_end)
+    continues = last_before is not None and first_after == last_before + 1
+    why = ("; ".join(x for x in (
+        f"BAD lines: {bad}" if bad else "",
+        "" if continues else f"first record after ({first_after}) does not follow the last before ({last_before})",
+        "" if contiguous else "records skipped or repeated",
+        "" if after_end >= 1 else "no record after the migration ended") if x))
+    return {"ok": not why, "why": why, "last_before": last_before, "first_after": first_after,
+            "continues": continues, "contiguous": contiguous, "last_record": counters[-1] if counters else None,
+            "bad": bad, "records_before": len(before),
+            "records_after": len(after), "records_after_end": after_end}
 
 
 # --- the route server's route (secondary figure) ---------------------------------------------------------------

@@ -3,7 +3,8 @@ the direct baseline, or cnf-agents over REST).
 
 Why one place: the figures are only comparable between modes if every mode starts, waits for and stops the same
 instruments the same way — the probe must see the VM before the move, its replies must resume steadily (20 in a
-row) before it stops, the serving guest must beat 3 more times, and the tap counters are read at the end and after.
+row) before it stops, the serving guest must beat 3 more times (and write 2 more disk records), and the
+tap counters are read at the end and after.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ class MigrationWatch:
 
     def __init__(self, *, probe: PingProbe, serials: Mapping[str, Path], route_namespace: str, prefix: str,
                  net: GuestNetwork, clusters: Sequence[str], src: str, dst: str, next_hops: Mapping[str, str],
-                 hb_ms: int) -> None:
+                 hb_ms: int, disk_ms: int = 0) -> None:
         self.probe, self.serials, self.net, self.clusters = probe, dict(serials), net, tuple(clusters)
         self.src, self.dst, self.next_hops, self.hb_ms = src, dst, dict(next_hops), hb_ms
+        self.disk_ms = disk_ms
         self.tails = {cid: SerialTail(serials[cid]) for cid in self.clusters}
         self.route = RouteWatch(route_namespace, prefix)
         self._started: list[SerialTail | RouteWatch] = []
@@ -66,6 +68,10 @@ class MigrationWatch:
         last = tail.beats[-1][1] if tail.beats else -1
         with contextlib.suppress(TimeoutError):  # a guest that does not beat shows in the figures
             await wait_heartbeats(self.serials[serving], above=last, count=3, within_s=10.0)
+        if self.disk_ms > 0:  # the guest must be seen writing its disk after the end: 2 records
+            deadline = time.monotonic() + 10.0
+            while sum(1 for t, _, _ in tail.disk if t > self.t_end) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the tail is a thread: polling its list is the simple way
         self.taps_after = {cid: self.net.tap_packets(cid) for cid in self.clusters}
 
     async def __aexit__(self, _t: type[BaseException] | None, _e: BaseException | None,

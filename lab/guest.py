@@ -7,6 +7,8 @@ where the source stopped). With ``dirty_mb=<N>`` on the kernel command line it a
 data in a loop, which is how tests and benchmarks make a guest that out-dirties a bandwidth-limited link. With
 ``fill_mb=<N>`` it writes N MiB of random data into a tmpfs once at boot (before the first heartbeat) and then
 stays idle: a guest whose RAM is really used, so a migration copies N MiB of non-zero pages.
+With ``disk_ms=<N>`` it writes a numbered record to one sector of its disk every N ms and reads back the previous
+one first (``GuestImage.append``), printing ``DISK <n> ok`` or ``DISK <n> BAD ...``.
 With ``vm_ip=<a.b.c.d> gw=<e.f.g.h>`` it configures its virtio-net NIC (``virtio_net`` and its ``failover``
 dependencies are modules of the Debian cloud kernel, copied into the initramfs and loaded by init) with the
 VM's /32 and a default route via the on-link gateway, so the kernel answers pings (``lab.e2e_net``).
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ROOT = Path(os.environ.get("CNF_LAB_GUEST_CACHE", "/var/cache/cnf-lab/guest"))
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 APT_PACKAGES = ("qemu-system-x86", "qemu-utils", "qemu-block-extra", "busybox-static")
@@ -45,6 +47,10 @@ VIRTIO_MODULES = (  # load order matters (lab/qemu REPORT pitfall 11)
     "drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci.ko", "drivers/block/virtio_blk.ko",
     "net/core/failover.ko", "drivers/net/net_failover.ko", "drivers/net/virtio_net.ko",
 )
+#: the 512-byte sector of /dev/vda the guest's disk writer (``disk_ms=``) rewrites: 48 MiB into the disk, clear of
+#: anything else the labs write (the e2e lab's images are 64 MiB)
+DISK_RECORD_SECTOR = 98304
+DISK_RECORD_OFFSET = DISK_RECORD_SECTOR * 512
 
 INIT_SCRIPT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -55,11 +61,11 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
          failover net_failover virtio_net; do
   [ -f /mod/$m.ko ] && insmod /mod/$m.ko 2>/dev/null
 done
-HB_MS=100; DIRTY_MB=0; FILL_MB=0; VM_IP=""; GW=""
+HB_MS=100; DIRTY_MB=0; FILL_MB=0; DISK_MS=0; VM_IP=""; GW=""
 for a in $(cat /proc/cmdline); do
   case $a in
     hb_ms=*) HB_MS=${a#hb_ms=};; dirty_mb=*) DIRTY_MB=${a#dirty_mb=};; fill_mb=*) FILL_MB=${a#fill_mb=};;
-    vm_ip=*) VM_IP=${a#vm_ip=};; gw=*) GW=${a#gw=};;
+    vm_ip=*) VM_IP=${a#vm_ip=};; gw=*) GW=${a#gw=};; disk_ms=*) DISK_MS=${a#disk_ms=};;
   esac
 done
 echo "CNFGUEST booted uptime=$(cut -d' ' -f1 /proc/uptime) hb_ms=$HB_MS dirty_mb=$DIRTY_MB"
@@ -87,13 +93,35 @@ if [ "$DIRTY_MB" -gt 0 ]; then
   ( while :; do dd if=/tmp/seed of=/tmp/dirt bs=1M conv=notrunc 2>/dev/null; done ) &
   echo "CNFGUEST dirtying ${DIRTY_MB}MiB"
 fi
+if [ "$DISK_MS" -gt 0 ]; then
+  # the guest's own data-integrity check: every DISK_MS ms read back (O_DIRECT: from the disk, not the page
+  # cache) the record written last and compare all 512 bytes, then write and fsync record n, then say so
+  ( n=0; s=@DISK_RECORD_SECTOR@
+    while :; do
+      v=ok
+      if [ $n -gt 0 ]; then
+        if ! dd if=/dev/vda of=/tmp/disk.got bs=512 skip=$s count=1 iflag=direct 2>/dev/null; then
+          v="BAD read-error"
+        elif ! cmp -s /tmp/disk.got /tmp/disk.rec; then
+          v="BAD read $(head -c 40 /tmp/disk.got | tr -c 'A-Za-z0-9 ' '.')"
+        fi
+      fi
+      printf '%-511s\\n' "CNFDISK $n $(printf 'cnf-disk %d' $n | md5sum | cut -c1-8)" > /tmp/disk.rec
+      dd if=/tmp/disk.rec of=/dev/vda bs=512 seek=$s count=1 oflag=direct conv=fsync,notrunc 2>/dev/null \\
+        || v="$v BAD write-error"
+      echo "DISK $n $v"
+      n=$((n+1))
+      usleep $((DISK_MS*1000))
+    done ) &
+  echo "CNFGUEST disk record every ${DISK_MS}ms at sector @DISK_RECORD_SECTOR@"
+fi
 i=0
 while :; do
   echo "HB $i"
   i=$((i+1))
   usleep $((HB_MS*1000))
 done
-"""
+""".replace("@DISK_RECORD_SECTOR@", str(DISK_RECORD_SECTOR))
 
 
 class GuestBuildError(RuntimeError):
@@ -109,7 +137,7 @@ class GuestImage:
     kernel_package: str
 
     def append(self, *, hb_ms: int = 100, dirty_mb: int = 0, vm_ip: str = "", gateway: str = "",
-               fill_mb: int = 0) -> str:
+               fill_mb: int = 0, disk_ms: int = 0) -> str:
         """The kernel command line: serial console, quiet boot, heartbeat period and dirtier size.
 
         ``fill_mb`` (> 0): before its first heartbeat the guest writes that many MiB of ``/dev/urandom`` into a
@@ -119,10 +147,34 @@ class GuestImage:
 
         ``vm_ip`` and ``gateway`` (both or neither): the guest puts ``vm_ip/32`` on its virtio NIC ``eth0`` with a
         default route via the on-link ``gateway`` and prints ``CNFGUEST net <ip> via <gw>`` (or ``... FAILED``).
+
+        ``disk_ms`` (> 0): every that many ms a background loop of the guest reads back the record it wrote last to
+        sector ``DISK_RECORD_SECTOR`` of ``/dev/vda`` (O_DIRECT, all 512 bytes compared with its copy in RAM),
+        writes the next record ``CNFDISK <n> <md5("cnf-disk <n>")[:8]>`` (space-padded to 511 bytes + newline,
+        O_DIRECT + fsync) and prints ``DISK <n> ok`` (record n-1 read back intact, record n written), or
+        ``DISK <n> BAD <what>``. Why: a live migration must hand the disk over with every write the guest made at
+        the source, and the guest must go on writing at the destination; the guest itself is the honest judge
+        (``lab.e2e_probe.disk_records``). Omitted when 0: the default guest does not touch its disk.
         """
         net = f" vm_ip={vm_ip} gw={gateway}" if vm_ip and gateway else ""
         fill = f" fill_mb={fill_mb}" if fill_mb > 0 else ""
-        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}{net}{fill}"
+        disk = f" disk_ms={disk_ms}" if disk_ms > 0 else ""
+        return f"console=ttyS0 quiet panic=-1 hb_ms={hb_ms} dirty_mb={dirty_mb}{net}{fill}{disk}"
+
+
+def disk_record(n: int) -> bytes:
+    """The 512 bytes the guest's disk writer puts on its record sector for record ``n`` (what ``disk_ms`` does)."""
+    line = f"CNFDISK {n} {hashlib.md5(f'cnf-disk {n}'.encode()).hexdigest()[:8]}"
+    return line.ljust(511).encode() + b"\n"
+
+
+def parse_disk_record(block: bytes) -> int | None:
+    """The record number in a 512-byte block the guest wrote, None unless the block is exactly such a record."""
+    words = block.split()
+    if len(block) != 512 or len(words) != 3 or words[0] != b"CNFDISK" or not words[1].isdigit():
+        return None
+    n = int(words[1])
+    return n if block == disk_record(n) else None
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = CMD_TIMEOUT) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lab.e2e_probe import (
     SerialTail,
+    disk_verdict,
     echo_request,
     kernel_errors,
     parse_echo_reply,
@@ -16,6 +17,7 @@ from lab.e2e_probe import (
     route_blackout_ms,
 )
 from lab.e2e_report import replies_from
+from lab.guest import disk_record, parse_disk_record
 
 A, B = "10.255.0.21", "10.255.0.22"
 
@@ -183,3 +185,53 @@ def test_no_split_nothing_joined_and_kernel_errors_are_kept(tmp_path: Path) -> N
     assert [n for _, n in dst.beats] == [3, 4]
     assert dst.kernel_errors and "list_del corruption" in dst.kernel_errors[0]
     assert kernel_errors(tmp_path / "dst.log") == dst.kernel_errors
+
+
+# --- the guest's own disk records ------------------------------------------------------------------------------
+
+
+def _records(first: int, count: int, t0: float, *, step: float = 0.2,
+             bad: int | None = None) -> list[tuple[float, int, str]]:
+    return [(t0 + i * step, first + i, "BAD read CNFDISK 3" if first + i == bad else "ok") for i in range(count)]
+
+
+def test_disk_records_continuing_on_the_destination_are_ok() -> None:
+    v = disk_verdict(_records(10, 5, 100.0), _records(15, 4, 101.5), moved=True, t_end=101.8)
+    assert (v["ok"], v["last_before"], v["first_after"], v["records_after_end"]) == (True, 14, 15, 2), v
+
+
+def test_destination_reading_an_older_record_is_bad() -> None:
+    # the destination's first read-back did not return the source's last write: the guest says BAD
+    v = disk_verdict(_records(10, 5, 100.0), _records(15, 4, 101.5, bad=15), moved=True, t_end=101.0)
+    assert v["ok"] is False and v["bad"] == ["15 BAD read CNFDISK 3"], v
+
+
+def test_lost_or_missing_records_after_the_move_fail() -> None:
+    skipped = disk_verdict(_records(10, 5, 100.0), _records(16, 4, 101.5), moved=True, t_end=101.0)
+    assert skipped["ok"] is False and not skipped["continues"], skipped
+    stopped = disk_verdict(_records(10, 5, 100.0), _records(15, 2, 101.5), moved=True, t_end=102.0)
+    assert stopped["ok"] is False and stopped["records_after_end"] == 0, stopped  # the guest stopped writing
+
+
+def test_given_up_migration_splits_the_source_records_at_the_pause() -> None:
+    source = _records(10, 5, 100.0) + _records(15, 5, 102.0)  # paused 1.2 s between record 14 and 15
+    v = disk_verdict(source, [], moved=False, t_end=102.5)
+    assert (v["ok"], v["last_before"], v["first_after"], v["records_after_end"]) == (True, 14, 15, 2), v
+    at = disk_verdict(source, [], moved=False, t_end=102.5, split_at=100.5)
+    assert (at["last_before"], at["first_after"]) == (12, 13), at
+
+
+def test_a_guest_without_disk_records_is_not_judged() -> None:
+    assert disk_verdict([], [], moved=True, t_end=1.0)["ok"] is None
+
+
+def test_disk_record_round_trip_and_split_line(tmp_path: Path) -> None:
+    assert parse_disk_record(disk_record(41)) == 41
+    assert parse_disk_record(disk_record(41).replace(b"CNFDISK 41", b"CNFDISK 42")) is None  # checksum
+    assert parse_disk_record(disk_record(41)[:-1] + b"x") is None and parse_disk_record(b"\0" * 512) is None
+    src = _tailed(tmp_path / "src.log", b"DISK 7 ok\nHB 3\nDISK 8 o")
+    dst = _tailed(tmp_path / "dst.log", b"k\nHB 4\nDISK 9 BAD read xyz \n")
+    assert [(n, v) for _, n, v in src.disk] == [(7, "ok")]
+    assert [(n, v) for _, n, v in dst.disk] == [(9, "BAD read xyz")]
+    joined = dst.joined_disk(src)
+    assert joined is not None and joined[1:] == (8, "ok")
