@@ -28,6 +28,7 @@ announce is undone with a withdraw at the destination.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,10 @@ async def stop_source_undo(sc: StepContext) -> None:
         await sc.src.cloud.start_server(sc.vm_id)
 
 
+#: states of a destination domain that can still receive the guest
+_LIVE_DEST_STATES = ("incoming", "paused", "running")
+
+
 async def demote_do(sc: StepContext) -> None:
     await sc.src.storage.demote(sc.image)
 
@@ -180,8 +185,23 @@ async def demote_undo(sc: StepContext) -> None:
 
 
 async def demotion_arrived_check(sc: StepContext) -> bool:
-    st = await sc.dst.storage.status(sc.image)
-    return (st.in_sync and not st.primary) or st.primary
+    """The demotion snapshot reached the destination (or it is already primary: a re-run after the promote).
+
+    Live: the source guest is paused meanwhile, so a destination QEMU that died is noticed here, not at the
+    promote: the e2e lab killed it during the demote and the demotion then took ~29 s to arrive (likely the dead QEMU's
+    librbd watch lingers ~30 s), with the guest paused all along. The domain is asked in parallel with the status,
+    so a live destination costs no extra round trip.
+    """
+    if sc.record.kind != MigrationKind.LIVE:
+        st = await sc.dst.storage.status(sc.image)
+        return (st.in_sync and not st.primary) or st.primary
+    st, d = await asyncio.gather(sc.dst.storage.status(sc.image), sc.dst.hypervisor.domain(sc.vm_id))
+    if st.primary:
+        return True
+    if d is None or d.state not in _LIVE_DEST_STATES:
+        raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: the source takes "
+                                "everything back", vm_id=sc.vm_id)
+    return st.in_sync
 
 
 async def promote_do(sc: StepContext) -> None:
@@ -189,7 +209,7 @@ async def promote_do(sc: StepContext) -> None:
         # The point of no return: never promote for a destination QEMU that is gone (it died in the pause);
         # before the promote the source can still take everything back.
         d = await sc.dst.hypervisor.domain(sc.vm_id)
-        if d is None or d.state not in ("incoming", "paused", "running"):
+        if d is None or d.state not in _LIVE_DEST_STATES:
             raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: not promoting",
                                     vm_id=sc.vm_id)
     await sc.dst.storage.promote(sc.image)

@@ -283,6 +283,28 @@ async def test_destination_dies_in_the_switchover_pause_source_takes_everything_
     assert_invariants(run)  # disk primary again at the source, guest running there, /32 still there
 
 
+async def test_destination_dies_while_the_demotion_travels_the_pause_ends_at_once() -> None:
+    # found by the e2e lab: killed during the demote, the destination was only noticed at the promote, after the
+    # demotion had crawled in (~29 s with a real dead QEMU's lingering RBD watch) - the guest paused all along
+    run = make_run(MigrationKind.LIVE)
+    while run.record.current_step != "cutover.await_demotion":
+        adv = await run.engine.advance(run.record)
+        await run.clock.sleep(adv.delay_s or 0)
+    from cnf.hypervisor.sim import SimHypervisor
+
+    SimHypervisor(run.fabric, DST).kill_incoming(run.record.vm.id)
+    killed_at = run.clock.now()
+    while run.record.state not in (MigrationState.FAILED, MigrationState.COMPLETED) and \
+            run.record.steps[run.record.cursor].status != StepStatus.FAILED:
+        adv = await run.engine.advance(run.record)
+        await run.clock.sleep(adv.delay_s or 0)
+    assert run.clock.now() - killed_at < 1.0  # not the step's 30 s timeout
+    await drive(run)
+    assert run.record.state == MigrationState.FAILED, run.record.error
+    assert run.record.error and run.record.error["step"] == "cutover.await_demotion", run.record.error
+    assert_invariants(run)
+
+
 async def test_a_guest_that_iterates_gets_a_fresh_mirror_snapshot_before_the_pause() -> None:
     run = make_run(MigrationKind.LIVE)
     run.fabric.clusters[SRC].domains[run.record.vm.id].dirty_rate_mbps = 200.0  # dirties, but the link is faster
