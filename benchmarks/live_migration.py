@@ -15,7 +15,13 @@ Same QEMU settings on both sides, taken from the product's own code: the options
 ``cnf.migration.steps.migration_params``, ``qmp_translation.source_capabilities`` / ``source_parameters`` /
 ``incoming_capabilities``. The one difference is the point of the comparison: raw QMP runs without
 ``pause-before-switchover`` (nothing to do in the window). A CNF guest and a raw guest of each size run side by
-side, and the runs alternate (CNF first, then raw first, ...) so load changes hit both.
+side, and the runs alternate (CNF first, then raw first, ...) so load changes hit both. Each migration starts
+``--settle-s`` (default 3 s) after the previous one's source QEMU exited: on this host (a Firecracker VM with free
+page reporting) memory freed less than ~2 s earlier is still backed by the host and ~5x cheaper for the
+destination QEMU to fault in, so without the settle time the side that starts its destination sooner after the
+previous migration (raw) copies faster for a reason that is neither side's (``settle``, docs/hypervisor.md).
+For the same reason each side first migrates ``--warmup`` times unmeasured per size (the first migration after
+the boot is the coldest, and it used to be always CNF's).
 
 Per run and RAM size (TCG):
 - ``pause_ms``: guest-visible pause = source STOP -> destination RESUME (QEMU's own event timestamps);
@@ -33,13 +39,21 @@ Per run and RAM size (TCG):
   where copy = ``migrate`` issued (CNF: ``memory.precopy`` started) -> source STOP. The copy is QEMU's work with
   the same settings on both sides, but on a 2-core TCG host it alone varies ~5x from run to run (both sides), so
   a ratio of medians of a few runs mostly measures that noise; this figure is what CNF itself adds.
+- CPU in the copy window (``migrate`` -> the end noticed: raw at the STOP event, CNF when the driver first reports a
+  status past ``active``), from the kernel's per-thread schedstat: ``cpu_<who>_<threads>_ms`` on a CPU,
+  ``wait_..._ms`` runnable but waiting for a CPU, ``sys_..._ms`` of it in the kernel (10 ms ticks), for this
+  process (``bench``: the engine, the sim clouds, the QMP clients), the source and destination QEMU (threads
+  ``main``, ``vcpu``, ``migration``, ``other``; QEMU is started with ``-name debug-threads=on`` to name them),
+  ``cpu_machine_ms`` (every core) and ``cpu_foreign_ms`` (the rest: the idle guest of the other side, other work
+  on the host); ``qmp_in_copy``: QMP commands this process sent in the window; ``vm_*``: the kernel's THP fault
+  counters over the window; ``since_free_s``: destination asked for, after the previous source exited.
 - ``engine_total_s``: CNF's span until the engine *knows* (``cutover.switchover`` done), for reference;
   ``whole_run_ratio_vs_raw_qmp`` is CNF's whole engine run (PREFLIGHT, the sim disk sync, receiver creation,
   CLEANUP too) over the raw span: work raw QMP does not do at all.
 Numbers on a loaded 2-core TCG machine are noisy: read medians, and re-measure on KVM before trusting them.
 
-Run: ``.venv/bin/python benchmarks/live_migration.py [--runs 3] [--sizes 256,1024] [--fill 256:160,1024:832]``;
-the last line is the BENCH line.
+Run: ``.venv/bin/python benchmarks/live_migration.py [--runs 3] [--sizes 256,1024] [--fill 256:160,1024:832]
+[--settle-s 3] [--warmup 1] [--rows runs.jsonl]``; the last line is the BENCH line.
 """
 
 from __future__ import annotations
@@ -48,7 +62,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -87,6 +103,119 @@ def fill_for(ram_mb: int, table: dict[int, int]) -> int:
 
 def size_label(ram_mb: int) -> str:
     return f"{ram_mb // 1024}g" if ram_mb % 1024 == 0 else f"{ram_mb}m"
+
+
+#: QMP commands sent by this process, by name (both sides use ``QMPClient.execute``): counted per copy window
+QMP_SENT: dict[str, int] = {}
+_execute = QMPClient.execute
+
+
+async def _counted_execute(self: QMPClient, cmd: str, arguments: Any = None, oob: bool = False) -> Any:
+    QMP_SENT[cmd] = QMP_SENT.get(cmd, 0) + 1
+    return await _execute(self, cmd, arguments, oob)
+
+
+QMPClient.execute = _counted_execute  # type: ignore[method-assign]
+
+
+def _schedstat(pid: int | str) -> dict[str, tuple[float, float, float]]:
+    """Per thread group of ``pid``: (ms on a CPU, ms runnable but waiting for one, ms in the kernel), from the
+    kernel's schedstat (ns) and stat (stime, in clock ticks of 10 ms: coarse).
+
+    QEMU's threads (named with ``-name debug-threads=on``) are grouped: ``vcpu`` (TCG), ``migration`` (the source's
+    live_migration thread), ``main`` (the main loop: QMP, the BQL holder for monitor commands, and on the
+    destination the incoming stream's coroutine), ``other`` (RCU, workers).
+    """
+    out: dict[str, tuple[float, float, float]] = {}
+    tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            comm = (task / "comm").read_text().strip()
+            run_ns, wait_ns = (int(x) for x in (task / "schedstat").read_text().split()[:2])
+            stime = int((task / "stat").read_text().rsplit(")", 1)[1].split()[12])
+        except (OSError, ValueError, IndexError):
+            continue
+        group = ("vcpu" if "CPU" in comm else "migration" if "migration" in comm
+                 else "main" if comm.startswith(("qemu-system", "python")) else "other")
+        r, w, k = out.get(group, (0.0, 0.0, 0.0))
+        out[group] = (r + run_ns / 1e6, w + wait_ns / 1e6, k + stime * tick_ms)
+    return out
+
+
+def _system_busy_ms() -> float:
+    """CPU time all processes of the machine used so far (every core; /proc/stat, non-idle jiffies)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) * 1000.0 / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq
+
+
+#: kernel memory counters (machine-wide) that tell how the destination's RAM was faulted in during the copy
+VMSTAT_KEYS = ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "pgfault")
+
+
+def _vmstat() -> dict[str, int]:
+    pairs = (ln.split() for ln in Path("/proc/vmstat").read_text().splitlines())
+    return {k: int(v) for k, v in pairs if k in VMSTAT_KEYS}
+
+
+@dataclasses.dataclass
+class CpuSnap:
+    """What the machine's CPUs did so far: this process, the migration's two QEMUs, the whole machine."""
+
+    bench: dict[str, tuple[float, float, float]]
+    src: dict[str, tuple[float, float, float]]
+    dst: dict[str, tuple[float, float, float]]
+    busy_ms: float
+    qmp: int
+    vmstat: dict[str, int]
+
+    @classmethod
+    def take(cls, src_pid: int | None, dst_pid: int | None) -> CpuSnap:
+        return cls(bench=_schedstat("self"), src=_schedstat(src_pid) if src_pid else {},
+                   dst=_schedstat(dst_pid) if dst_pid else {}, busy_ms=_system_busy_ms(),
+                   qmp=sum(QMP_SENT.values()), vmstat=_vmstat())
+
+    def since(self, start: CpuSnap) -> dict[str, float]:
+        """Per copy window: run/wait ms of each thread group, QMP commands sent, the machine's busy ms."""
+        row: dict[str, float] = {}
+        for side in ("bench", "src", "dst"):
+            now, before = getattr(self, side), getattr(start, side)
+            for group, (r, w, k) in now.items():
+                r0, w0, k0 = before.get(group, (0.0, 0.0, 0.0))
+                row[f"cpu_{side}_{group}_ms"] = r - r0
+                row[f"wait_{side}_{group}_ms"] = w - w0
+                row[f"sys_{side}_{group}_ms"] = k - k0
+        row["cpu_machine_ms"] = self.busy_ms - start.busy_ms
+        # everything else on the machine (the other side's idle guest, other work on the host)
+        row["cpu_foreign_ms"] = row["cpu_machine_ms"] - sum(v for k, v in row.items() if k.startswith(
+            ("cpu_bench_", "cpu_src_", "cpu_dst_")))
+        for k in VMSTAT_KEYS:
+            row[f"vm_{k}"] = float(self.vmstat.get(k, 0) - start.vmstat.get(k, 0))
+        row["qmp_in_copy"] = float(self.qmp - start.qmp)
+        return row
+
+
+#: wall-clock time the last migrated-away source QEMU exited (its RAM went back to the kernel); see ``settle``
+LAST_FREE = [0.0]
+
+
+async def settle(settle_s: float) -> None:
+    """Start a migration only ``settle_s`` after the previous source QEMU freed its RAM.
+
+    Why (measured, docs/hypervisor.md): this machine is a Firecracker VM with free page reporting; ~2 s after a
+    process frees its memory the kernel reports it to the host, which drops it, and faulting it in again costs
+    the destination QEMU ~5x more kernel time (raw QMP, 229 MiB: copy 155 ms right after the previous migration,
+    730 ms 3 s later). Without a settle time the side that starts its destination sooner after the previous
+    free gets the cheap pages: that is raw QMP, whose destination starts at once, while CNF's starts after
+    PREFLIGHT, the disk sync and the receiver. With it both sides fault into memory the host has reclaimed, as a
+    destination host's long-free memory would be.
+    """
+    wait = LAST_FREE[0] + settle_s - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 def _ts(ev: Any) -> float:
@@ -152,10 +281,13 @@ class RawPair:
         await self.src_qmp.execute("migrate-set-parameters", source_parameters(params))
         await self.src_qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
         t_migrate = time.time()
+        cpu0 = CpuSnap.take(self.src.pid, dst.pid)
+        cpu: dict[str, float] = {}
         stop = resume = None
         while True:
             ev: dict[str, Any] = dict(await asyncio.wait_for(src_events.get(), 300))
             if ev["event"] == "STOP" and stop is None:
+                cpu = CpuSnap.take(self.src.pid, dst.pid).since(cpu0)  # the copy ends here (noticed)
                 stop = _ts(ev)
             if ev["event"] == "MIGRATION" and ev["data"]["status"] in ("completed", "failed", "cancelled"):
                 status = str(ev["data"]["status"])
@@ -172,12 +304,15 @@ class RawPair:
         with contextlib.suppress(Exception):  # the peer closes the socket on quit: EOF is expected
             await self.src_qmp.disconnect()
         self.src.wait(10)
+        since_free, LAST_FREE[0] = t0 - LAST_FREE[0], time.time()
         self.src, self.src_qmp, self.serial = dst, dqmp, dserial
         await wait_heartbeats(dserial, above=last, count=2, within_s=30)  # the guest continues
         assert stop is not None
         return {"total_s": resume - t0, "setup_s": t_migrate - t0, "copy_s": stop - t_migrate,
+                "since_free_s": since_free,
                 "pause_ms": (resume - stop) * 1000.0,
-                "qemu_downtime_ms": final["downtime"], "transferred_mib": final["ram"]["transferred"] / 2**20}
+                "qemu_downtime_ms": final["downtime"], "transferred_mib": final["ram"]["transferred"] / 2**20,
+                **cpu}
 
     async def close(self) -> None:
         for p in self.procs:
@@ -193,6 +328,31 @@ class CnfSide:
         self.hosts: dict[str, QemuHypervisor] = lab.fresh_hosts()
         self.cnf = CnfOnQemu(self.hosts)
         self.vm, self.ram_mb, self.append, self.where = vm, ram_mb, append, "a"
+        self.cpu0: CpuSnap | None = None
+        self.cpu: dict[str, float] = {}
+        self.pids: tuple[int | None, int | None] = (None, None)
+        for cid, hv in self.hosts.items():
+            self._account(cid, hv)
+
+    def _account(self, cid: str, hv: QemuHypervisor) -> None:
+        """Take CPU snapshots where the copy starts (``migrate`` sent) and where the engine notices its end
+        (a ``progress`` past ``active``), as the raw side does at ``migrate`` and at the STOP event."""
+        start_migration, progress = hv.start_migration, hv.progress
+
+        async def started(vm_id: str, dest_uri: str, params: Any) -> None:
+            dest = "b" if cid == "a" else "a"
+            self.pids = (hv.pid(vm_id), self.hosts[dest].pid(vm_id))
+            await start_migration(vm_id, dest_uri, params)
+            self.cpu0, self.cpu = CpuSnap.take(*self.pids), {}
+
+        async def looked(vm_id: str, wait_s: float = 0.0) -> Any:
+            p = await progress(vm_id, wait_s)
+            if self.cpu0 is not None and not self.cpu and p.status not in ("none", "setup", "active"):
+                self.cpu = CpuSnap.take(*self.pids).since(self.cpu0)
+            return p
+
+        hv.start_migration = started  # type: ignore[method-assign]
+        hv.progress = looked  # type: ignore[method-assign]
 
     async def boot(self) -> None:
         await self.hosts[self.where].boot(self.vm, self.ram_mb, append=self.append)
@@ -211,6 +371,7 @@ class CnfSide:
         self.where = dest
         by_step = {e.step + ":" + e.kind: e.ts for e in run.events if e.step}
         t0 = by_step["memory.prepare_incoming:step_started"]
+        since_free, LAST_FREE[0] = t0 - LAST_FREE[0], by_step["cleanup.destroy_source_domain:step_done"]
         assert src_p.stopped_at is not None and src_p.downtime_ms is not None and dst_p.resumed_at is not None
         stop, resume = src_p.stopped_at, dst_p.resumed_at  # QEMU's event times: wall clock, as the event log
         marks = sorted([(ts, key) for key, ts in by_step.items() if ts >= t0]
@@ -221,6 +382,7 @@ class CnfSide:
             "total_s": resume - t0,
             "setup_s": by_step["memory.precopy:step_started"] - t0,  # (``migrate`` follows within ~5 ms)
             "copy_s": stop - by_step["memory.precopy:step_started"],
+            "since_free_s": since_free,  # destination asked for, since the previous source freed its RAM
             "engine_total_s": by_step["cutover.switchover:step_done"] - t0,
             "whole_run_s": run.wall_s,
             "pause_ms": guest_pause_ms(src_p, dst_p) or float("nan"),
@@ -229,6 +391,7 @@ class CnfSide:
             "transferred_mib": src_p.transferred_bytes / 2**20,
             "at_switchover_remaining_mib": float(run.record.context.get("progress", {}).get("remaining_bytes", 0))
             / 2**20,
+            **self.cpu,
         }, timeline
 
     async def close(self) -> None:
@@ -247,8 +410,8 @@ def med(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-async def measure_size(lab: QemuLab, size: int, fill_mb: int, runs: int, *, verbose: bool
-                       ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+async def measure_size(lab: QemuLab, size: int, fill_mb: int, runs: int, *, verbose: bool, settle_s: float,
+                       warmup: int) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """Boot a CNF guest and a raw guest of ``size`` MiB side by side, then alternate their migrations."""
     append = lab.guest.append(fill_mb=fill_mb)
     cnf = CnfSide(lab, f"bench{size}", size, append)
@@ -260,9 +423,18 @@ async def measure_size(lab: QemuLab, size: int, fill_mb: int, runs: int, *, verb
         await asyncio.gather(cnf.boot(), raw.boot())
         print(f"{size:5d} MiB guests booted and filled ({fill_mb} MiB each) in {time.monotonic() - t:.0f} s",
               flush=True)
+        for _ in range(warmup):  # not measured: the first migration after the boot faults into memory this VM
+            # never used since its own boot, several times slower again (1 GiB: copy 4.9 s vs 1.9-2.4 s), and
+            # would always fall on the side that goes first
+            for side in ("raw", "cnf"):
+                await settle(settle_s)
+                row = (await cnf.migrate())[0] if side == "cnf" else await raw.migrate()
+                print(f"{size:5d} MiB {side} warm-up (not counted): total_s={row['total_s']:.3f} "
+                      f"copy_s={row['copy_s']:.3f}", flush=True)
         for i in range(runs):
             order = ("cnf", "raw") if i % 2 == 0 else ("raw", "cnf")
             for side in order:
+                await settle(settle_s)
                 if side == "cnf":
                     row, timeline = await cnf.migrate()
                     cnf_rows.append(row)
@@ -286,6 +458,10 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill", default=",".join(f"{k}:{v}" for k, v in DEFAULT_FILL.items()),
                     help="MiB of random data per guest size, e.g. 256:160,1024:832 (others: 5/8 of RAM)")
     ap.add_argument("--timeline", action="store_true", help="print each CNF run's step timeline")
+    ap.add_argument("--settle-s", type=float, default=3.0,
+                    help="start each migration this long after the previous source freed its RAM (0: at once)")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured migrations per side and size first")
+    ap.add_argument("--rows", type=Path, default=None, help="write every run's figures there (JSON lines)")
     ap.add_argument("--precopy-poll-s", type=float, default=None,
                     help="what-if: override the engine's memory.precopy poll interval (pre-switchover detection)")
     args = ap.parse_args(argv)
@@ -299,8 +475,11 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"memory.precopy poll_s overridden to {args.precopy_poll_s}")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.getLogger("qemu").setLevel(logging.CRITICAL)
-    print(f"options: {OPTIONS.to_dict()}", flush=True)
+    print(f"options: {OPTIONS.to_dict()}; settle {args.settle_s:g} s", flush=True)
     lab = QemuLab.create()
+    for hv in lab.hosts.values():  # QEMU names its threads (vCPU, live_migration, ...) for the CPU accounting
+        hv.machine = dataclasses.replace(hv.machine, extra_args=(*hv.machine.extra_args, "-name",
+                                                                 "debug-threads=on"))
     cnf_all: list[dict[str, float]] = []
     raw_all: list[dict[str, float]] = []
     per_size: list[str] = []
@@ -308,7 +487,8 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         for size in (int(s) for s in args.sizes.split(",")):
             cnf_rows, raw_rows = await measure_size(lab, size, fill_for(size, fills), args.runs,
-                                                    verbose=args.timeline)
+                                                    verbose=args.timeline, settle_s=args.settle_s,
+                                                    warmup=args.warmup)
             ratio = med(cnf_rows, "total_s") / med(raw_rows, "total_s")
             ratios.append(ratio)
             label = size_label(size)
@@ -339,6 +519,16 @@ async def main(argv: list[str] | None = None) -> int:
                   f"which handover window {med(cnf_rows, 'handover_window_ms'):.0f}), raw "
                   f"{med(raw_rows, 'pause_ms'):.0f}; fastest total: cnf {min(r['total_s'] for r in cnf_rows):.3f} s, "
                   f"raw {min(r['total_s'] for r in raw_rows):.3f} s", flush=True)
+            keys = sorted(k for k in cnf_rows[0] if k.startswith(("cpu_", "wait_", "sys_", "qmp_", "vm_"))
+                          and all(k in r for r in cnf_rows + raw_rows))
+            print(f"{size:5d} MiB median CPU in the copy window (migrate -> end noticed; ms on a CPU / ms waiting "
+                  "for one): " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} cnf {med(cnf_rows, k):.0f} raw "
+                                           f"{med(raw_rows, k):.0f}" for k in keys), flush=True)
+            if args.rows is not None:
+                with args.rows.open("a") as f:
+                    for side, rows in (("cnf", cnf_rows), ("raw", raw_rows)):
+                        for i, r in enumerate(rows):
+                            f.write(json.dumps({"size": size, "side": side, "run": i, **r}) + "\n")
             cnf_all += cnf_rows
             raw_all += raw_rows
     finally:
@@ -346,13 +536,16 @@ async def main(argv: list[str] | None = None) -> int:
     whole_ratio = med(cnf_all, "whole_run_s") / med(raw_all, "total_s")
     added_ms = statistics.median(
         (c["total_s"] - r["total_s"]) * 1000.0 for c, r in zip(cnf_all, raw_all, strict=True))
+    # how much of a core other work took during the copies (the other side's idle guest, anything else on the host)
+    foreign = statistics.median(r["cpu_foreign_ms"] / (r["copy_s"] * 1000.0) for r in cnf_all + raw_all)
     print(f"BENCH live_migration pause_ms_median={med(cnf_all, 'pause_ms'):.1f} "
           f"qemu_downtime_ms_median={med(cnf_all, 'qemu_downtime_ms'):.1f} total_ratio_vs_raw_qmp={max(ratios):.2f} "
           f"handover_window_ms={med(cnf_all, 'handover_window_ms'):.1f} "
           f"raw_pause_ms_median={med(raw_all, 'pause_ms'):.1f} "
           f"raw_qemu_downtime_ms_median={med(raw_all, 'qemu_downtime_ms'):.1f} "
           f"added_ms_vs_raw_qmp={added_ms:.0f} "
-          f"whole_run_ratio_vs_raw_qmp={whole_ratio:.2f} {' '.join(per_size)} runs={len(cnf_all)}")
+          f"whole_run_ratio_vs_raw_qmp={whole_ratio:.2f} {' '.join(per_size)} runs={len(cnf_all)} "
+          f"settle_s={args.settle_s:g} foreign_cores_in_copy={foreign:.2f} load1_end={os.getloadavg()[0]:.2f}")
     return 0
 
 
