@@ -41,6 +41,7 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -383,28 +384,30 @@ async def _kill_in_window(http: httpx.AsyncClient, mid: str, domain_dir: Path, d
     each), a poll takes ~10-30 ms: the kill lands before the promote. Returns what was seen when killing
     (``step``, ``promote_status``, ``at``, ``pid``) or, if the window was missed, ``missed`` with the view's step.
     """
-    end = time.monotonic() + deadline_s
-    view: dict[str, Any] = {}
-    while time.monotonic() < end:
-        with contextlib.suppress(httpx.HTTPError):
-            r = await http.get(f"/v1/migrations/{mid}")
-            if r.status_code == 200:
-                view = r.json()
-                steps = view.get("steps", [])
-                promote: dict[str, Any] = next((st for st in steps if st["name"] == KILL_WINDOW[-1]), {})
-                if MigrationState(view["state"]).terminal or view.get("point_of_no_return_passed") \
-                        or promote.get("status") not in (None, "pending"):
-                    return {"missed": view.get("step"), "state": view["state"]}
-                if view.get("step") in KILL_WINDOW:
-                    at = time.time()
-                    return {"step": view["step"], "promote_status": promote.get("status"), "at": at,
-                            "pid": kill_domain_qemu(domain_dir)}
-        await asyncio.sleep(0.01)
-    raise E2EError(f"migration {mid} never reached the cutover in {deadline_s:.0f} s: {json.dumps(view)[:800]}")
+    def kill_or_stop(view: dict[str, Any]) -> dict[str, Any] | None:
+        promote: dict[str, Any] = next((st for st in view.get("steps", []) if st["name"] == KILL_WINDOW[-1]), {})
+        if MigrationState(view["state"]).terminal or view.get("point_of_no_return_passed") \
+                or promote.get("status") not in (None, "pending"):
+            return {"missed": view.get("step"), "state": view["state"]}
+        if view.get("step") in KILL_WINDOW:
+            return {"step": view["step"], "promote_status": promote.get("status"), "at": time.time(),
+                    "pid": kill_domain_qemu(domain_dir)}
+        return None
+
+    return await _poll_view(http, mid, kill_or_stop, every_s=0.01, deadline_s=deadline_s,
+                            what="never reached the cutover")
 
 
 async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -> dict[str, Any]:
     """``GET /v1/migrations/<id>`` every 50 ms until the state is terminal (``E2EError`` after ``deadline_s``)."""
+    return await _poll_view(http, mid, lambda v: v if MigrationState(v["state"]).terminal else None, every_s=0.05,
+                            deadline_s=deadline_s, what="not terminal")
+
+
+async def _poll_view(http: httpx.AsyncClient, mid: str, until: Callable[[dict[str, Any]], dict[str, Any] | None], *,
+                     every_s: float, deadline_s: float, what: str) -> dict[str, Any]:
+    """``GET /v1/migrations/<id>`` every ``every_s`` until ``until(view)`` returns a result (``E2EError`` naming
+    ``what`` and the last view after ``deadline_s``); a failed request is polled again."""
     end = time.monotonic() + deadline_s
     view: dict[str, Any] = {}
     while time.monotonic() < end:
@@ -412,10 +415,11 @@ async def _poll_terminal(http: httpx.AsyncClient, mid: str, deadline_s: float) -
             r = await http.get(f"/v1/migrations/{mid}")
             if r.status_code == 200:
                 view = r.json()
-                if MigrationState(view["state"]).terminal:
-                    return view
-        await asyncio.sleep(0.05)
-    raise E2EError(f"migration {mid} not terminal after {deadline_s:.0f} s: {json.dumps(view)[:800]}")
+                result = until(view)
+                if result is not None:
+                    return result
+        await asyncio.sleep(every_s)
+    raise E2EError(f"migration {mid} {what} in {deadline_s:.0f} s: {json.dumps(view)[:800]}")
 
 
 def run_migration(fed: AgentClouds, *, downtime_limit_ms: int | None = None,

@@ -70,11 +70,9 @@ def openstack_from_env() -> Any | None:
 
 
 def _lab_from_record(path: Path) -> Any:
-    from lab.openstack import LabCloud, OpenStackLab
+    from lab.openstack import OpenStackLab
 
-    data = json.loads(path.read_text())
-    return OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
-                        root=Path(data["root"]))
+    return OpenStackLab.from_dict(json.loads(path.read_text()))
 
 
 def openstack_from_state() -> Any:

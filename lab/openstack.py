@@ -254,6 +254,12 @@ class OpenStackLab:
     token: str
     root: Path
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> OpenStackLab:
+        """The lab a ``lab.json``/``current.json`` record describes (``root`` overrides the recorded one)."""
+        return cls(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
+                   root=root or Path(data["root"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"token": self.token, "root": str(self.root), "owner_pid": os.getpid(),
                 "clouds": [c.to_dict() for c in self.clouds]}
@@ -285,7 +291,7 @@ def cleanup_stale() -> None:
         owner = int(data.get("owner_pid", 0))
         if owner == 0 or Path(f"/proc/{owner}").exists():
             continue  # 0: started by the CLI, ended by `down` only
-        lab = OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"], root=d)
+        lab = OpenStackLab.from_dict(data, root=d)
         for c in lab.clouds:  # only groups whose leader still runs from this lab's directory are ours
             c.pids = {k: v for k, v in c.pids.items() if _cmdline_mentions(v, str(d))}
         lab.down()
@@ -374,8 +380,7 @@ def _start_shared() -> OpenStackLab:
     if not reuse:
         return up(2)
     data = json.loads(Path(reuse).read_text())
-    return OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
-                        root=Path(data["root"]))
+    return OpenStackLab.from_dict(data)
 
 
 def _stop_shared(lab: OpenStackLab) -> None:
@@ -437,8 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no lab recorded in", current)
             return 0
         data = json.loads(current.read_text())
-        OpenStackLab(clouds=[LabCloud.from_dict(c) for c in data["clouds"]], token=data["token"],
-                     root=Path(data["root"])).down()
+        OpenStackLab.from_dict(data).down()
         current.unlink()
         return 0
     return 2
