@@ -235,3 +235,47 @@ def test_disk_record_round_trip_and_split_line(tmp_path: Path) -> None:
     assert [(n, v) for _, n, v in dst.disk] == [(9, "BAD read xyz")]
     joined = dst.joined_disk(src)
     assert joined is not None and joined[1:] == (8, "ok")
+
+
+# --- the route rule's pause bounds without QEMU's events (through the agents) ------------------------------------
+
+
+def _observation(tmp_path: Path, route: list[tuple[float, str | None]]) -> object:
+    from types import SimpleNamespace
+
+    from lab.e2e_report import Observation
+
+    # heartbeats every 100 ms at the source until t=101.0 (HB 10), at the destination from t=101.4 (HB 11)
+    src = SimpleNamespace(beats=[(100.0 + i / 10, i) for i in range(11)], disk=[], kernel_errors=[], partial=b"")
+    dst = SimpleNamespace(beats=[(101.4 + i / 10, 11 + i) for i in range(10)], disk=[], kernel_errors=[],
+                          joined_beat=lambda _src: None, joined_disk=lambda _src: None)
+    sends, replies = _probe([True] * 400, t0=99.5)
+    return Observation(src=A, dst=B, t0=99.9, t_end=102.5, t_probe_start=99.5, t_probe_stop=104.0, sends=sends,
+                       replies=replies, src_tail=src, dst_tail=dst,  # type: ignore[arg-type]
+                       route=SimpleNamespace(changes=route),  # type: ignore[arg-type]
+                       src_next_hop=A, dst_next_hop=B, taps_at_end={}, taps_after={}, hb_ms=100)
+
+
+def _record(context: dict[str, object]) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(context=context, state="completed", error=None, steps=[])
+
+
+def test_route_rule_takes_the_pause_from_the_heartbeat_gap_without_qemu_events(tmp_path: Path) -> None:
+    from lab.e2e_report import figures
+
+    # the route server flips to the destination at t=101.2, inside the pause (last beat 101.0, next 101.4): the
+    # route led to no running guest for the pause only (without bounds: from the flip to the window's end, 2.3 s)
+    ob = _observation(tmp_path, [(99.0, A), (101.2, B)])
+    fig = figures(_record({}), [], ob)  # type: ignore[arg-type]
+    assert fig["route_pause_marks"] == "heartbeat_gap"
+    assert fig["guest_pause_ms_heartbeat"] == 300.0
+    assert fig["route_blackout_ms"] == 400.0
+    # flipped 0.5 s after the guest resumed: from the last source beat (101.0) until the flip (101.9)
+    late = figures(_record({}), [], _observation(tmp_path, [(99.0, A), (101.9, B)]))  # type: ignore[arg-type]
+    assert late["route_blackout_ms"] == 900.0
+    # with QEMU's events their STOP/RESUME win
+    qmp = figures(_record({"e2e_src_stopped_at": 101.05, "e2e_dst_resumed_at": 101.35}), [],  # type: ignore[arg-type]
+                  _observation(tmp_path, [(99.0, A), (101.2, B)]))
+    assert (qmp["route_pause_marks"], qmp["route_blackout_ms"]) == ("qemu_events", 300.0)
