@@ -38,9 +38,10 @@ unit: venv
 test: venv system-deps services lint
 	$(VENV)/bin/pytest --durations=15 $(PYTEST_ARGS)
 
-# The real-infrastructure lab (root: network namespaces, Ceph, FRR, QEMU): docs/lab.md
+# The real-infrastructure lab (root: network namespaces, Ceph, FRR, QEMU, Keystone + Nova, two cnf-agents with
+# etcd, PostgreSQL and Celery on Redis): docs/lab.md. ARGS passes options (e.g. ARGS="--no-agents", "--via rest").
 lab: venv system-deps
-	$(PY) -m lab.e2e up
+	$(PY) -m lab.e2e up $(ARGS)
 
 lab-migrate: venv
 	$(PY) -m lab.e2e migrate $(ARGS)

@@ -157,6 +157,9 @@ class HypervisorConfig(_Section):
     """How ``drivers.hypervisor: real`` starts QEMU (the same machine description on both sides)."""
 
     runtime_dir: str = "/var/lib/cnf/qemu"
+    #: the QEMU executable (or a wrapper that execs it, e.g. into another network namespace: the PID spawned must
+    #: become QEMU's, the driver records it as the domain's pid)
+    binary: str = "qemu-system-x86_64"
     accel: str = "kvm"
     kernel: str = ""
     initrd: str = ""

@@ -77,6 +77,7 @@ from cnf.ports import ClusterDrivers, DriverDirectory, StaticDirectory
 from cnf.sim.fabric import SimFabric
 from cnf.storage.ceph import CephRbdMirror, CephSiteConfig
 from lab.ceph import POOL, SYSTEM_PYTHON, CephMirrorLab
+from lab.controller_ns import remove_controllers
 from lab.e2e_net import GATEWAY_IP, VM_IP, GuestNetwork
 from lab.e2e_probe import PingProbe, RouteWatch, SerialTail, kernel_errors
 from lab.e2e_report import figures, print_report, replies_from, summary
@@ -132,6 +133,8 @@ class E2ELab:
     where: str = "a"
     runs: int = 0
     bringup_s: dict[str, float] = field(default_factory=dict)
+    #: the running federation (``lab.e2e_federation``): OpenStack record used, whether ``up`` started it, tasks
+    federation: dict[str, Any] = field(default_factory=dict)
 
     # --- persistence ---------------------------------------------------------------------------------------
 
@@ -332,6 +335,9 @@ class E2ELab:
                     await hv.destroy_all()
         with contextlib.suppress(Exception):
             asyncio.run(qemu())
+        if self.net_token:  # a crashed agents run's controller namespaces, their processes and relays
+            with contextlib.suppress(Exception):
+                remove_controllers(self.net_token, self.root)
         if self.net_token and self.frr_token:
             with contextlib.suppress(Exception):
                 self.net.down()
@@ -717,7 +723,12 @@ def current_root(arg: str | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.e2e", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="bring up Ceph x2, FRR, the guest network, the guest on host a (prints each part's time)")
+    u = sub.add_parser("up", help="bring up Ceph x2, FRR, the guest network, the guest on host a, the OpenStack "
+                       "clouds and the agents (prints each part's time)")
+    u.add_argument("--no-agents", action="store_true", help="only the e2e lab (no clouds, no agents)")
+    u.add_argument("--sim-cloud", action="store_true", help="agents on the sim cloud instead of real Nova")
+    u.add_argument("--tasks", choices=("celery", "inprocess"), default="celery", help="the agents' task runner")
+    u.add_argument("--controllers", choices=("netns", "loopback"), help="agents in controller namespaces or not")
     m = sub.add_parser("migrate", help="live-migrate the guest to the other cloud, print timeline and figures")
     m.add_argument("--to", choices=CLUSTERS)
     m.add_argument("--root")
@@ -732,6 +743,10 @@ def main(argv: list[str] | None = None) -> int:
                         "`python -m lab.openstack up` started (else the sim cloud)")
     m.add_argument("--tasks", choices=("celery", "inprocess"), default="celery",
                    help="with --through-agents: Celery workers on a private Redis (default) or the agents' runner")
+    m.add_argument("--controllers", choices=("netns", "loopback"), default="netns", help="with --through-agents")
+    m.add_argument("--via", choices=("osc", "rest"), default=None,
+                   help="through agents: `openstack cnf vm live-migrate --wait` (default with a running federation) "
+                        "or the lab's REST calls")
     d = sub.add_parser("down", help="end everything `up` started")
     d.add_argument("--root")
     s = sub.add_parser("status", help="where the VM runs, which site is primary, who announces the /32, pings")
@@ -741,49 +756,39 @@ def main(argv: list[str] | None = None) -> int:
         if CURRENT.exists() and Path(CURRENT.read_text().strip(), "e2e.json").exists():
             _say(f"a lab is already up at {CURRENT.read_text().strip()}; `python -m lab.e2e down` first")
             return 1
+        from lab.e2e_federation import up_federation
+
         lab = E2ELab.new()
         t0 = time.monotonic()
         try:
             lab.up(remember=True)
+            if not args.no_agents:
+                up_federation(lab, openstack=not args.sim_cloud, tasks=args.tasks, controllers=args.controllers)
         except E2EError as exc:
             _say(f"[up] FAILED: {exc}")
             return 1
         _say(f"[up] lab up in {time.monotonic() - t0:.1f} s at {lab.root}: {json.dumps(lab.bringup_s)}")
         return 0
     root = current_root(getattr(args, "root", None))
+    from lab import e2e_federation as federation
+
     if args.cmd == "down":
         if (root / "e2e.json").exists():
-            E2ELab.load(root).down()
+            federation.down_federation(E2ELab.load(root))
         return 0
     lab = E2ELab.load(root)
+    fed_rec = federation.running_record(root)
     if args.cmd == "status":
-        _say(json.dumps(state_of_world(lab) | {"pings": ping_check(lab)}))
+        agents = {"agents": federation.federation_status(fed_rec)} if fed_rec else {}
+        _say(json.dumps(state_of_world(lab, via_qmp=fed_rec is None) | {"pings": ping_check(lab)} | agents))
         return 0
+    if fed_rec is not None:
+        return federation.migrate_running(lab, fed_rec, args)
     if (args.openstack or args.tasks != "celery") and not args.through_agents:
         _say("--openstack and --tasks go with --through-agents")
         return 2
     if args.through_agents:
-        other = next(c for c in CLUSTERS if c != lab.where)
-        if args.direct or args.to not in (None, other):
-            _say("--through-agents migrates to the other cloud, with the engine")
-            return 2
-        from lab.e2e_agents import migrate_through_agents
-
-        openstack = None
-        if args.openstack:
-            from lab.e2e_nova import openstack_from_state
-
-            try:
-                openstack = openstack_from_state()
-            except FileNotFoundError as exc:
-                _say(f"--openstack: {exc}")
-                return 2
-        fig = migrate_through_agents(lab, downtime_limit_ms=args.downtime_limit_ms, openstack=openstack,
-                                     tasks=args.tasks, fail_before_promote=args.fail_before_promote)
-        print_report(fig, _say)
-        _say("(through the agents the lab holds no QMP client: STOP->RESUME is the product's figure from QEMU's "
-             f"events; agents up in {fig['agents_up_s']} s, migration {fig['migration_id']})")
-        return 0 if fig["state"] == ("failed" if args.fail_before_promote else "completed") else 1
+        return federation.migrate_once_through_agents(lab, args)
     fig = asyncio.run(lab.migrate(args.to, direct=args.direct, downtime_limit_ms=args.downtime_limit_ms,
                                   fail_before_promote=args.fail_before_promote))
     print_report(fig, _say)

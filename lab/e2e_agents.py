@@ -7,8 +7,11 @@ same migration with the same instruments (probe, serial tails, route watch, taps
 What runs (all started here, ended here by PID; the e2e lab's parts are reused as they are):
 
 * a 3-member etcd (``lab.etcd``) for the master election, a throwaway PostgreSQL database (``lab.postgres``);
-* one ``python -m cnf.main --config <file>`` per cloud on loopback in the root namespace (``lab.federation``
-  ``LoopbackAgent``; certificates from ``cnf.manage``, mTLS gRPC between the agents). Each agent has its cloud's
+* one ``python -m cnf.main --config <file>`` per cloud (``lab.federation`` ``LoopbackAgent``; certificates from
+  ``cnf.manage``, mTLS gRPC between the agents), by default (``controllers="netns"``) inside its cloud's controller
+  network namespace on the fabric, the shared services reached through a relay and the QEMUs it spawns kept in the
+  root namespace by a wrapper (``lab.controller_ns``); ``controllers="loopback"``: on loopback in the lab's own
+  namespace. Each agent has its cloud's
   real drivers, chosen by config: ``storage`` = that site's Ceph (``ceph:``), ``bgp`` = that cloud's FRR router,
   the route server as observer (``bgp:``), ``hypervisor`` = QEMU with runtime_dir ``<lab>/qemu/<cloud>`` - the
   directory the lab booted the guest in, so the source agent adopts the running QEMU (the lab's own driver for it
@@ -24,7 +27,9 @@ What runs (all started here, ended here by PID; the e2e lab's parts are reused a
   step and reach both clouds, their own included, through the agents over CNFPeer. ``inprocess`` (or
   ``CNF_E2E_AGENTS_TASKS=inprocess`` for the CLI): the master agent drives the migration itself;
 * the migration: ``POST /v1/clusters`` (both clouds, with their Keystone URL and gRPC address),
-  ``POST /v1/vms/<vm>/live-migrate``, ``GET /v1/migrations/<id>`` polled until terminal.
+  ``POST /v1/vms/<vm>/live-migrate`` (or, ``via="osc"``, the operator's ``openstack cnf vm live-migrate --wait``
+  as a subprocess), ``GET /v1/migrations/<id>`` polled until terminal. ``lab.e2e_federation`` keeps these agents
+  running between CLI calls (``python -m lab.e2e up``) and rebuilds an ``AgentClouds`` from its record.
 
 The lab cannot see the agents' QMP events, so the STOP->RESUME pause is the one the product computed from QEMU's
 events (``downtime.guest_pause_ms``); the heartbeat pause, the blackout and the total are the lab's own. Who drove
@@ -40,11 +45,14 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,6 +60,7 @@ from cnf.clock import SystemClock
 from cnf.migration.model import MigrationEvent, MigrationState, StepRecord
 from cnf.sim.fabric import SimFabric
 from lab.ceph import POOL
+from lab.controller_ns import Controller, Relay, attach_root, plan_controllers, root_handle, write_qemu_wrapper
 from lab.e2e import (
     CLUSTERS,
     DISK_MS,
@@ -74,12 +83,19 @@ from lab.e2e_watch import MigrationWatch
 from lab.etcd import EtcdCluster
 from lab.federation import CeleryWorker, LoopbackAgent, plan_federation, write_agent_config
 from lab.loopback import free_port
-from lab.postgres import async_url, pg_admin
+from lab.postgres import PG_ADMIN_DSN, async_url, pg_admin
 from lab.redis import RedisServer
 
 #: agent (cluster) names per lab cloud
 NAMES = {"a": "lab-a", "b": "lab-b"}
 TasksMode = Literal["celery", "inprocess"]
+#: where the agents and workers run: each in its cloud's controller network namespace (``lab.controller_ns``:
+#: agent-to-agent gRPC across the fabric) or all in the lab's own namespace on loopback
+ControllersMode = Literal["netns", "loopback"]
+#: how the lab asks for the move: REST (``POST /v1/vms/<vm>/live-migrate``) or the operator's CLI
+Via = Literal["rest", "osc"]
+#: the ``openstack`` command of the venv the lab runs in (python-openstackclient + CNF's plugin)
+OPENSTACK_CLI = Path(sys.executable).with_name("openstack")
 #: ``CNF_E2E_AGENTS_TASKS=inprocess``: the CLI's agents drive the migration themselves (no Redis, no workers)
 TASKS_ENV = "CNF_E2E_AGENTS_TASKS"
 
@@ -121,19 +137,26 @@ class AgentClouds:
     etcd: EtcdCluster | None = None
     database: str = ""
     nova_boot_s: float | None = None
+    #: ``netns``: each cloud's agent and worker in its controller namespace; ``loopback``: in the lab's namespace
+    controllers: ControllersMode = "netns"
+    namespaces: dict[str, Controller] = field(default_factory=dict)
+    relays: dict[str, Relay] = field(default_factory=dict)
+    #: QEMU wrapper per cloud (``hypervisor.binary``): QEMU stays in the root namespace whoever spawns it
+    qemu_wrappers: dict[str, Path] = field(default_factory=dict)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     @classmethod
     def start(cls, lab: E2ELab, *, openstack: Any = None, tasks: TasksMode = "celery",
-              within_s: float = 90.0) -> AgentClouds:
+              controllers: ControllersMode = "netns", within_s: float = 90.0) -> AgentClouds:
         """Start etcd, the database, Redis + workers (``tasks="celery"``) and both agents, register both clouds; on
         failure stop what was started. ``openstack``: an ``OpenStackLab`` whose Nova of each cloud the agents use
-        (``drivers.cloud: real``)."""
+        (``drivers.cloud: real``). ``controllers="netns"``: each cloud's agent and worker in its controller
+        namespace on the fabric (``lab.controller_ns``), ``"loopback"``: in the lab's namespace."""
         base = lab.root / "agents"
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
-        fed = cls(lab=lab, base=base, openstack=openstack, tasks=tasks)
+        fed = cls(lab=lab, base=base, openstack=openstack, tasks=tasks, controllers=controllers)
         try:
             fed._start(within_s)
         except BaseException:
@@ -151,6 +174,8 @@ class AgentClouds:
         self.agents = dict(zip(CLUSTERS, planned, strict=True))
         for cid, agent in self.agents.items():
             agent.as_number = self.lab.router(cid).as_number
+        if self.controllers == "netns":
+            self._controller_namespaces()
         if self.openstack is None:
             self._seed_world()
         else:
@@ -166,6 +191,8 @@ class AgentClouds:
             self.redis = RedisServer(port=free_port(), workdir=self.base / "redis")
             self.redis.start()
             tasks = {"tasks": {"runner": "celery", "broker_url": self.redis.url}}
+        if self.controllers == "netns":
+            self._start_relays()
         for cid, agent in self.agents.items():
             write_agent_config(agent, self.base, etcd_endpoints=self.etcd.endpoints, lease_ttl_s=5.0,
                                database_url=async_url(self.database), sim_vms=0,
@@ -173,7 +200,7 @@ class AgentClouds:
         for agent in self.agents.values():
             agent.start()
         if self.tasks == "celery":
-            self.workers = {cid: CeleryWorker(name=f"worker-{a.name}", config=a.config,
+            self.workers = {cid: CeleryWorker(name=f"worker-{a.name}", config=a.config, namespace=a.namespace,
                                               log=self.base / f"worker-{a.name}.log") for cid, a in self.agents.items()}
             for w in self.workers.values():
                 w.start()
@@ -181,12 +208,57 @@ class AgentClouds:
         self._wait(lambda: all(w.ready() for w in self.workers.values()), t0 + within_s, "both Celery workers ready")
         for cid, agent in self.agents.items():
             body = {"id": agent.cluster_id, "name": agent.name, "auth_url": self._auth_url(cid),
-                    "grpc_addr": f"127.0.0.1:{agent.grpc_port}", "bgp_as": agent.as_number}
+                    "grpc_addr": agent.grpc_addr, "bgp_as": agent.as_number}
             self._wait(lambda body=body: self._post(self._any().url + "/v1/clusters", body).status_code
                        in (201, 409), t0 + within_s, f"cluster register {body['name']}")
         self._wait(self._both_active, t0 + within_s, "both clouds registered and active")
         # a cloud that turned active at a later attach enters the inventory at the master's next sync (every 5 s)
         self._wait(self._vm_known, t0 + within_s, f"{VM_ID} in the federation's inventory")
+
+    def _controller_namespaces(self) -> None:
+        """Each cloud's controller namespace on the fabric + its link to the root namespace, and the QEMU wrapper
+        that keeps a QEMU the agent spawns in the root namespace (``lab.controller_ns``)."""
+        t0 = time.monotonic()
+        token = self.lab.net_token
+        root_netns = attach_root(token)
+        rs = self.lab.frr.route_server.namespace
+        for ctl in plan_controllers(token, CLUSTERS):
+            self.namespaces[ctl.cid] = ctl
+            ctl.up(rs)
+            agent = self.agents[ctl.cid]
+            agent.namespace, agent.api_host, agent.peer_host = ctl.namespace, ctl.api_address, ctl.fabric_address
+            self.qemu_wrappers[ctl.cid] = write_qemu_wrapper(self.base / f"qemu-on-host-{ctl.cid}", root_netns)
+        where = ", ".join(f"{c.namespace} (fabric {c.fabric_address}, REST via {c.api_address})"
+                          for c in self.namespaces.values())
+        _say(f"[agents] controller namespaces {where} up in {time.monotonic() - t0:.1f} s")
+
+    def _relay_ports(self, cid: str) -> list[int]:
+        """The root namespace's 127.0.0.1 ports controller ``cid`` needs: etcd, PostgreSQL, Redis, both Ceph sites
+        (mons + messenger range: the storage driver reads the peer site's mirror snapshots itself, with the pool's
+        mirror peer credentials) and its own OpenStack cloud's services (not the other cloud's: that one it reaches
+        only through the other agent)."""
+        assert self.etcd is not None
+        ports = [int(e.rsplit(":", 1)[1]) for e in self.etcd.endpoints]
+        ports.append(urlsplit(PG_ADMIN_DSN).port or 5432)
+        if self.redis is not None:
+            ports.append(self.redis.port)
+        for site in (self.lab.site(c) for c in CLUSTERS):
+            ports += [site.mon_v1, site.mon_v2, *range(site.msgr_min, site.msgr_min + 40)]
+        if self.openstack is not None:
+            p = clouds_of(self.openstack)[cid].ports
+            ports += [p.keystone, p.placement, p.nova, p.glance, p.neutron]
+        return ports
+
+    def _start_relays(self) -> None:
+        t0 = time.monotonic()
+        for cid, ctl in self.namespaces.items():
+            relay = Relay(namespace=ctl.namespace, ports=self._relay_ports(cid), log=self.base / f"relay-{cid}.log",
+                          pid_file=self.base / f"relay-{cid}.pid")
+            self.relays[cid] = relay
+            relay.start()
+        counts = ", ".join(f"{r.namespace}: {len(set(r.ports))} ports, pid {r.proc.pid if r.proc else '-'}"
+                           for r in self.relays.values())
+        _say(f"[agents] relays to the shared services ({counts}) up in {time.monotonic() - t0:.1f} s")
 
     def _seed_world(self) -> None:
         """The shared sim world (Nova's stand-in): both clouds, one host each, the VM in the cloud it runs in."""
@@ -223,6 +295,7 @@ class AgentClouds:
             "bgp": {"as_number": router.as_number, "next_hop": lab.next_hop(cid), "vtysh_pathspace": router.pathspace,
                     "observer_pathspace": lab.frr.route_server.pathspace},
             "hypervisor": {"runtime_dir": str(lab.root / "qemu" / cid), "accel": "tcg", "kernel": lab.kernel,
+                           **({"binary": str(self.qemu_wrappers[cid])} if cid in self.qemu_wrappers else {}),
                            "initrd": lab.initrd, "append": lab.append,
                            "disk_template": f"rbd:{POOL}/{{image}}:conf={site.conf}:id=admin",
                            "listen_address": "127.0.0.1", "extra_args": list(lab.net.qemu_args(cid))},
@@ -237,6 +310,16 @@ class AgentClouds:
         for agent in self.agents.values():
             with contextlib.suppress(Exception):
                 agent.stop()
+        for relay in self.relays.values():
+            with contextlib.suppress(Exception):
+                relay.stop()
+        for ctl in self.namespaces.values():
+            with contextlib.suppress(Exception):
+                ctl.down()
+        if self.namespaces:
+            with contextlib.suppress(Exception):
+                subprocess.run(["ip", "netns", "del", root_handle(self.lab.net_token)], capture_output=True,
+                               timeout=30, check=False)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 self.redis.stop()
@@ -284,14 +367,22 @@ class AgentClouds:
     # --- one migration ---------------------------------------------------------------------------------------
 
     async def migrate(self, *, downtime_limit_ms: int | None = None, deadline_s: float = 300.0,
-                      fail_before_promote: bool = False) -> dict[str, Any]:
+                      fail_before_promote: bool = False, via: Via = "rest") -> dict[str, Any]:
         """Live-migrate the guest to the other cloud through the agents' REST API; returns the lab's figures.
+
+        ``via="osc"``: the move is requested the operator's way, by running the real CLI as a subprocess
+        (``openstack --os-auth-type none --os-endpoint <agent> cnf vm live-migrate <vm> --to <cloud> --wait -f
+        json``); the lab's instruments watch as usual, the migration view is then read over REST for the figures,
+        and ``fig["cli"]`` holds the CLI's argv, exit code, stdout, stderr and wall time. Not with
+        ``fail_before_promote`` (the kill needs the migration id while the CLI still waits).
 
         ``fail_before_promote``: the lab kills the destination agent's QEMU (found by its pidfile in the
         destination's runtime_dir) as soon as ``GET /v1/migrations/<id>`` shows the migration in the cutover before
         the point of no return (``kill_window``); the product must give the migration up and keep the VM at the
         source. Can be called again on the same agents: the next run moves the VM from wherever it is then.
         """
+        if via == "osc" and fail_before_promote:
+            raise E2EError("the failure run needs the migration id while it runs: via rest only")
         lab = self.lab
         src = lab.where
         dst = next(c for c in CLUSTERS if c != src)
@@ -312,10 +403,18 @@ class AgentClouds:
         async with watch:
             async with httpx.AsyncClient(base_url=self._any().url, timeout=30) as http:
                 watch.started()
-                r = await http.post(f"/v1/vms/{VM_ID}/live-migrate", json=body)
-                if r.status_code != 202:
-                    raise E2EError(f"live-migrate refused: {r.status_code} {r.text[:500]}")
-                mid = r.json()["id"]
+                cli: dict[str, Any] | None = None
+                if via == "osc":
+                    cli = await run_osc_live_migrate(self._any().url, self.agents[dst].name, downtime_limit_ms,
+                                                     deadline_s)
+                    mid = cli["migration_id"]
+                    if not mid:
+                        raise E2EError(f"the CLI gave no migration id: {json.dumps(cli)[:1500]}")
+                else:
+                    r = await http.post(f"/v1/vms/{VM_ID}/live-migrate", json=body)
+                    if r.status_code != 202:
+                        raise E2EError(f"live-migrate refused: {r.status_code} {r.text[:500]}")
+                    mid = r.json()["id"]
                 injected: dict[str, Any] = {}
                 if fail_before_promote:
                     injected = await _kill_in_window(http, mid, lab.root / "qemu" / dst / VM_ID, deadline_s)
@@ -340,6 +439,9 @@ class AgentClouds:
         if fail_before_promote:
             fig["injection"] = injected
         fig["tasks"] = self.tasks
+        fig["via"] = via
+        if cli is not None:
+            fig["cli"] = cli
         fig["driven_by"] = self.who_drove(mid)
         if rec.state == MigrationState.COMPLETED:
             lab.where = dst
@@ -422,35 +524,72 @@ async def _poll_view(http: httpx.AsyncClient, mid: str, until: Callable[[dict[st
     raise E2EError(f"migration {mid} {what} in {deadline_s:.0f} s: {json.dumps(view)[:800]}")
 
 
+async def run_osc_live_migrate(endpoint: str, dest: str, downtime_limit_ms: int | None,
+                               deadline_s: float) -> dict[str, Any]:
+    """Run ``openstack cnf vm live-migrate <vm> --to <dest> --wait -f json`` against ``endpoint`` (no Keystone).
+
+    Returns the argv, ``exit_code`` (0: the migration completed; 1 with a reason on stderr otherwise), ``stdout``
+    (the final migration as JSON), ``stderr`` (the per-phase progress lines), ``wall_s``, and from the JSON
+    ``migration_id`` and ``state`` (None when stdout is not the expected JSON)."""
+    argv = [str(OPENSTACK_CLI), "--os-auth-type", "none", "--os-endpoint", endpoint, "cnf", "vm", "live-migrate",
+            VM_ID, "--to", dest, "--wait", "--wait-timeout", str(int(deadline_s)), "-f", "json"]
+    if downtime_limit_ms is not None:
+        argv += ["--downtime-limit", str(downtime_limit_ms)]
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=deadline_s + 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise E2EError(f"`{' '.join(argv)}` did not return in {deadline_s + 60:.0f} s") from None
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    shown: dict[str, Any] = {}
+    with contextlib.suppress(ValueError):
+        shown = json.loads(stdout) if stdout.strip().startswith("{") else {}
+    return {"argv": argv, "exit_code": proc.returncode, "wall_s": round(time.monotonic() - t0, 2),
+            "stdout": stdout[-4000:], "stderr": stderr[-4000:], "migration_id": shown.get("id"),
+            "state": shown.get("state")}
+
+
 def run_migration(fed: AgentClouds, *, downtime_limit_ms: int | None = None,
-                  fail_before_promote: bool = False) -> dict[str, Any]:
-    """One migration on running agents (any number of them one after the other); the figures + which cloud."""
+                  fail_before_promote: bool = False, via: Via = "rest") -> dict[str, Any]:
+    """One migration on running agents (any number of them one after the other); the figures + which cloud.
+
+    ``via``: ``rest`` (the lab's own REST calls) or ``osc`` (the operator's ``openstack cnf vm live-migrate
+    --wait``, see ``AgentClouds.migrate``)."""
     t1 = time.monotonic()
-    fig = asyncio.run(fed.migrate(downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote))
-    _say(f"[agents] migration {fig['from']}->{fig['to']} {fig['state']} (total {fig['total_s']} s), measured in "
-         f"{time.monotonic() - t1:.1f} s")
+    fig = asyncio.run(fed.migrate(downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote,
+                                  via=via))
+    cli = f", CLI exit {fig['cli']['exit_code']} in {fig['cli']['wall_s']} s" if "cli" in fig else ""
+    _say(f"[agents] migration {fig['from']}->{fig['to']} {fig['state']} (total {fig['total_s']} s{cli}), measured "
+         f"in {time.monotonic() - t1:.1f} s")
     fig["cloud"] = "sim" if fed.openstack is None else "openstack"
     fig["nova_boot_s"] = fed.nova_boot_s
     return fig
 
 
 def migrate_through_agents(lab: E2ELab, *, downtime_limit_ms: int | None = None, openstack: Any = None,
-                           tasks: TasksMode | None = None, fail_before_promote: bool = False) -> dict[str, Any]:
+                           tasks: TasksMode | None = None, fail_before_promote: bool = False,
+                           via: Via = "rest", controllers: ControllersMode = "netns") -> dict[str, Any]:
     """Start the two agents, migrate once through them, stop them; returns the figures (+ ``agents_up_s``).
 
     ``openstack``: the ``OpenStackLab`` whose clouds are a and b (the agents' cloud port is its Nova); None: the one
     named by ``CNF_LAB_OPENSTACK_REUSE``, else the sim cloud (``fig["cloud"]`` says which). ``tasks``: ``celery``
-    (default) or ``inprocess``; None: ``CNF_E2E_AGENTS_TASKS``, else celery."""
+    (default) or ``inprocess``; None: ``CNF_E2E_AGENTS_TASKS``, else celery. ``controllers``: as
+    ``AgentClouds.start``."""
     openstack = openstack if openstack is not None else openstack_from_env()
     mode: TasksMode = tasks or ("inprocess" if os.environ.get(TASKS_ENV) == "inprocess" else "celery")
     t0 = time.monotonic()
-    fed = AgentClouds.start(lab, openstack=openstack, tasks=mode)
+    fed = AgentClouds.start(lab, openstack=openstack, tasks=mode, controllers=controllers)
     up_s = round(time.monotonic() - t0, 2)
     runner = "Redis + 2 Celery workers, " if mode == "celery" else ""
     _say(f"[agents] etcd x3, PostgreSQL, {runner}2 agents up and both clouds registered in {up_s:.1f} s "
          f"({fed.base})")
     try:
-        fig = run_migration(fed, downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote)
+        fig = run_migration(fed, downtime_limit_ms=downtime_limit_ms, fail_before_promote=fail_before_promote,
+                            via=via)
     finally:
         t2 = time.monotonic()
         fed.stop()

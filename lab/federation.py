@@ -11,7 +11,10 @@ Contract:
   is SIGTERM, SIGKILL after a grace period, via :mod:`lab.owned_process`);
 - a killed agent restarts with the same config: same cluster id, ports and certificate, a new PID;
 - a :class:`CeleryWorker` runs next to an agent with its config (``tasks.runner: celery``), ended by its process
-  group's id.
+  group's id;
+- with ``namespace`` set, agent and worker run inside that network namespace (``nsenter``, which execs: the PID is
+  still Python's); the agent then listens for gRPC on ``peer_host`` and for REST on all its addresses
+  (``lab.controller_ns``, the e2e lab's controller namespaces).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from lab.controller_ns import in_namespace
 from lab.loopback import free_ports
 from lab.owned_process import end_process, kill_processes, process_alive
 
@@ -47,18 +51,33 @@ class LoopbackAgent:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: the network namespace (under /run/netns) the agent runs in; "" = this process's own (loopback)
+    namespace: str = ""
+    #: where the lab reaches the REST API (in a controller namespace: its end of the link to the root namespace)
+    api_host: str = "127.0.0.1"
+    #: where the other agents reach it: its gRPC (``cluster_grpc_addr``) and REST (``api.advertise_url``) address
+    peer_host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def advertise_url(self) -> str:
+        return f"http://{self.peer_host}:{self.api_port}"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"{self.peer_host}:{self.grpc_port}"
 
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
     def start(self) -> None:
+        argv = [sys.executable, "-m", "cnf.main", "--config", str(self.config)]
         with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "cnf.main", "--config", str(self.config)],
+            self.proc = subprocess.Popen(in_namespace(self.namespace, argv) if self.namespace else argv,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=str(ROOT), start_new_session=True,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -110,15 +129,18 @@ class CeleryWorker:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: the network namespace the worker runs in (its agent's); "" = this process's own
+    namespace: str = ""
 
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
     def start(self, *, concurrency: int = 1, pool: str = "prefork") -> None:
+        argv = [sys.executable, "-m", "cnf.tasks.worker", "--config", str(self.config),
+                "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO"]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cnf.tasks.worker", "--config", str(self.config),
-                                          "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO"],
+            self.proc = subprocess.Popen(in_namespace(self.namespace, argv) if self.namespace else argv,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=str(ROOT), start_new_session=True,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -180,11 +202,13 @@ def write_agent_config(agent: LoopbackAgent, base_dir: Path, *, etcd_endpoints: 
     own cloud in the shared sim world ``base_dir/sim-world.json``. ``extra`` adds top-level sections."""
     cfg: dict[str, Any] = {
         "cluster_id": agent.cluster_id, "cluster_name": agent.name,
-        "cluster_grpc_addr": f"127.0.0.1:{agent.grpc_port}",
+        "cluster_grpc_addr": agent.grpc_addr,
         "bgp": {"as_number": agent.as_number},
         "raft": {"etcd_endpoints": etcd_endpoints, "lease_ttl_s": lease_ttl_s},
         "database": {"url": database_url},
-        "api": {"host": "127.0.0.1", "port": agent.api_port, "advertise_url": agent.url},
+        # in a controller namespace the API listens on all its addresses: the lab's link and the fabric (peers)
+        "api": {"host": "0.0.0.0" if agent.namespace else "127.0.0.1", "port": agent.api_port,
+                "advertise_url": agent.advertise_url},
         "tls": {"dir": str(base_dir / "tls")},
         "sim": {"state_file": str(base_dir / "sim-world.json"), "vms": sim_vms},
         "state_dir": str(base_dir / f"{agent.name}-state"),

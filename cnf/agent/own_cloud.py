@@ -55,7 +55,7 @@ def real_hypervisor(cfg: CNFConfig) -> HypervisorDriver:
     from cnf.hypervisor.qemu import QemuHypervisor, QemuMachine
 
     h = cfg.hypervisor
-    machine = QemuMachine(accel=h.accel, kernel=h.kernel, initrd=h.initrd, append=h.append,
+    machine = QemuMachine(binary=h.binary, accel=h.accel, kernel=h.kernel, initrd=h.initrd, append=h.append,
                           disk_template=h.disk_template, extra_args=tuple(h.extra_args))
     return QemuHypervisor(cfg.cluster_id, h.runtime_dir, machine, listen_address=h.listen_address)
 

@@ -29,13 +29,14 @@ def test_real_bgp_and_hypervisor_are_built_from_their_keys(tmp_path: Path) -> No
     sim = sim_drivers(demo_fabric(), CID)
     c = cfg(tmp_path, {"bgp": "real", "hypervisor": "real"},
             bgp={"as_number": 65010, "next_hop": "192.0.2.10", "vtysh_pathspace": "r1"},
-            hypervisor={"runtime_dir": str(tmp_path / "qemu"), "accel": "tcg"})
+            hypervisor={"runtime_dir": str(tmp_path / "qemu"), "accel": "tcg", "binary": "/opt/lab/qemu-on-host"})
     d = own_cloud_drivers(c, SystemClock(), sim)
     from cnf.hypervisor.qemu import QemuHypervisor
     from cnf.network.bgp import FrrBgpSpeaker
 
     assert isinstance(d.bgp, FrrBgpSpeaker) and d.bgp.as_number == 65010 and d.bgp.default_next_hop == "192.0.2.10"
     assert isinstance(d.hypervisor, QemuHypervisor)
+    assert d.hypervisor.machine.binary == "/opt/lab/qemu-on-host"  # e.g. a wrapper into another namespace
     assert d.cloud is sim.cloud and d.storage is sim.storage
 
 

@@ -16,12 +16,15 @@ asserted.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import httpx
 import pytest
 from e2e_checks import assert_guest_disk_intact, assert_served_by
 
+from lab.controller_ns import FABRIC_ADDRESSES, established
 from lab.e2e import E2ELab
 from lab.e2e_agents import KILL_WINDOW, AgentClouds, run_migration
 from lab.e2e_nova import clouds_of, nova_view
@@ -38,6 +41,32 @@ def _assert_nova_only_in(clouds: Any, cid: str) -> None:
     rec = nova[cid][0]
     assert (rec.status, rec.power_state) == ("ACTIVE", 1), rec
     assert rec.host == clouds_of(clouds)[cid].compute_host, rec
+
+
+def _assert_in_controller_namespaces(fed: AgentClouds) -> None:
+    """Each cloud's agent and Celery worker run in its controller namespace; the clouds are registered with the
+    controllers' fabric addresses, and the agents' mTLS gRPC crosses the fabric: an established TCP connection
+    between 10.255.0.31 and 10.255.0.32 to one agent's gRPC port (not the relay, which listens on loopback)."""
+    assert fed.controllers == "netns"
+    for cid, agent in fed.agents.items():
+        ns = fed.namespaces[cid].namespace
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        for what, pid in (("agent", agent.pid), ("worker", fed.workers[cid].pid)):
+            assert pid and os.stat(f"/proc/{pid}/ns/net").st_ino == inode, (cid, what, pid, ns)
+    rows = httpx.get(next(iter(fed.agents.values())).url + "/v1/clusters", timeout=10).json()["clusters"]
+    assert {r["id"]: r["grpc_addr"] for r in rows} == {
+        a.cluster_id: f"{FABRIC_ADDRESSES[cid]}:{a.grpc_port}" for cid, a in fed.agents.items()}, rows
+    a, b = FABRIC_ADDRESSES["a"], FABRIC_ADDRESSES["b"]
+    grpc_a, grpc_b = f"{a}:{fed.agents['a'].grpc_port}", f"{b}:{fed.agents['b'].grpc_port}"
+    seen: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 30.0  # the master attaches to the other cloud at its next sync
+    while time.monotonic() < deadline:
+        seen = established(fed.namespaces["a"].namespace)
+        if any((local.startswith(f"{a}:") and peer == grpc_b) or (local == grpc_a and peer.startswith(f"{b}:"))
+               for local, peer in seen):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no gRPC connection between the controllers across the fabric: {seen}")
 
 
 def _assert_moved(lab: E2ELab, clouds: Any, fig: dict[str, Any], src: str, dst: str) -> None:
@@ -72,6 +101,7 @@ def test_live_migration_through_two_agents_there_back_and_failed(e2e_lab: E2ELab
     fed = AgentClouds.start(e2e_lab, openstack=e2e_clouds, tasks="celery")
     print(f"[test] agents up in {time.monotonic() - t0:.1f} s")
     try:
+        _assert_in_controller_namespaces(fed)
         # --- there ---
         fig = run_migration(fed)
         print_report(fig)  # the timeline and the figures (shown with -s, or with the failure)
@@ -87,9 +117,12 @@ def test_live_migration_through_two_agents_there_back_and_failed(e2e_lab: E2ELab
 
         # --- back, on the same agents ---
         t1 = time.monotonic()
-        back = run_migration(fed)
+        back = run_migration(fed, via="osc")  # the operator's `openstack cnf vm live-migrate ... --wait`
         print_report(back)
         _assert_moved(e2e_lab, e2e_clouds, back, dst, src)
+        cli = back["cli"]
+        assert cli["exit_code"] == 0, cli  # --wait exits 0 only when the migration completed
+        assert (cli["state"], cli["migration_id"]) == ("completed", back["migration_id"]), cli
         print(f"[test] move back in {time.monotonic() - t1:.1f} s")
 
         # --- the destination QEMU dies in the cutover, before the point of no return ---
