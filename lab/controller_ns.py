@@ -53,6 +53,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.e2e_net import ip_path, run_plumbing
 from lab.owned_process import end_process, end_processes, process_alive
 
 #: the controllers' addresses on the fabric segment (10.255.0.0/24: routers .1/.2, hosts .21/.22, route server .254)
@@ -61,7 +62,6 @@ FABRIC_PREFIX_LEN = 24
 #: the root namespace <-> controller links: one free /30 of this /16 each
 MGMT_NET = ipaddress.ip_network("10.253.0.0/16")
 CLONE_NEWNET = 0x40000000
-CMD_TIMEOUT = 30.0
 RELAY_READY = "relay ready"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,16 +70,8 @@ class ControllerError(RuntimeError):
     """A controller namespace or its relay could not be set up; the message names the command and its output."""
 
 
-def _ip() -> str:
-    return shutil.which("ip") or "/usr/sbin/ip"
-
-
 def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=CMD_TIMEOUT, check=False)
-    if check and proc.returncode != 0:
-        raise ControllerError(f"{' '.join(argv)} failed rc={proc.returncode}: "
-                              f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+    return run_plumbing(argv, check=check, error=ControllerError)
 
 
 def controller_namespace(token: str, cid: str) -> str:
@@ -97,7 +89,7 @@ def netns_inode(path: str) -> int:
 
 
 def _used_mgmt_subnets() -> set[str]:
-    p = _run([_ip(), "-j", "addr", "show"])
+    p = _run([ip_path(), "-j", "addr", "show"])
     used = set()
     for link in json.loads(p.stdout or "[]"):
         for a in link.get("addr_info", []):
@@ -142,7 +134,7 @@ class Controller:
     def up(self, rs_namespace: str) -> None:
         """Create the namespace, its fabric veth (on br0 in ``rs_namespace``) and its management veth to the root
         namespace. On failure the namespace is deleted before the error propagates."""
-        ip, ns = _ip(), self.namespace
+        ip, ns = ip_path(), self.namespace
         try:
             _run([ip, "netns", "add", ns])
             _run([ip, "-n", ns, "link", "set", "lo", "up"])
@@ -164,9 +156,9 @@ class Controller:
     def down(self) -> None:
         """Delete the namespace (its veths and their peers go with it once no socket holds it)."""
         if Path("/run/netns", self.namespace).exists():
-            _run([_ip(), "netns", "del", self.namespace], check=False)
+            _run([ip_path(), "netns", "del", self.namespace], check=False)
         if Path("/sys/class/net", self.root_link).exists():
-            _run([_ip(), "link", "del", self.root_link], check=False)
+            _run([ip_path(), "link", "del", self.root_link], check=False)
 
 
 def plan_controllers(token: str, cids: tuple[str, ...]) -> list[Controller]:
@@ -182,7 +174,7 @@ def attach_root(token: str) -> str:
     path = Path("/run/netns", name)
     if path.exists() and netns_inode(str(path)) == netns_inode("/proc/self/ns/net"):
         return str(path)
-    _run([_ip(), "netns", "attach", name, str(os.getpid())])
+    _run([ip_path(), "netns", "attach", name, str(os.getpid())])
     return str(path)
 
 
@@ -204,7 +196,7 @@ def in_namespace(ns: str, argv: list[str]) -> list[str]:
 def established(ns: str) -> list[tuple[str, str]]:
     """Established TCP connections inside namespace ``ns`` as ``(local, peer)`` ``addr:port`` pairs (IPv4; a
     dual-stack listener's ``[::ffff:10.255.0.31]:p`` is given as ``10.255.0.31:p``)."""
-    p = _run([_ip(), "netns", "exec", ns, "ss", "-tnH", "state", "established"], check=False)
+    p = _run([ip_path(), "netns", "exec", ns, "ss", "-tnH", "state", "established"], check=False)
 
     def v4(address: str) -> str:
         return address.replace("[::ffff:", "").replace("]", "")
@@ -270,16 +262,16 @@ def remove_controllers(token: str, lab_root: Path) -> list[str]:
     netns = Path("/run/netns")
     names = sorted(p.name for p in netns.glob(f"cnfe2e-{token}-c*")) if netns.exists() else []
     for ns in names:
-        pids = [int(x) for x in _run([_ip(), "netns", "pids", ns], check=False).stdout.split() if x.isdigit()]
+        pids = [int(x) for x in _run([ip_path(), "netns", "pids", ns], check=False).stdout.split() if x.isdigit()]
         if pids:
             end_processes(pids, grace_s=10.0)
             gone.append(f"{ns} pids {pids}")
-        _run([_ip(), "netns", "del", ns], check=False)
+        _run([ip_path(), "netns", "del", ns], check=False)
         gone.append(ns)
     for link in Path("/sys/class/net").glob(f"ce{token}*"):
-        _run([_ip(), "link", "del", link.name], check=False)
+        _run([ip_path(), "link", "del", link.name], check=False)
     if (netns / root_handle(token)).exists():
-        _run([_ip(), "netns", "del", root_handle(token)], check=False)
+        _run([ip_path(), "netns", "del", root_handle(token)], check=False)
         gone.append(root_handle(token))
     return gone
 

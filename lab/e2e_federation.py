@@ -50,8 +50,10 @@ def _say(msg: str) -> None:
 
 
 @dataclass
-class AttachedAgent(LoopbackAgent):
-    """A ``cnf-agent`` another process started (the supervisor), known here by PID only: read, never started."""
+class _KnownByPid:
+    """A process another process started (the supervisor), known here by PID only: read, never started here.
+
+    Mixed in before ``LoopbackAgent`` / ``CeleryWorker``: their fields come first, ``attached_pid`` last."""
 
     attached_pid: int | None = None
 
@@ -62,25 +64,19 @@ class AttachedAgent(LoopbackAgent):
     def alive(self) -> bool:
         return self.attached_pid is not None and process_alive(self.attached_pid)
 
-    def start(self) -> None:
-        raise E2EError(f"agent {self.name} belongs to the federation's supervisor: it starts it")
+    def start(self, *_args: Any, **_kwargs: Any) -> None:
+        raise E2EError(f"{getattr(self, 'name', 'this process')} belongs to the federation's supervisor: it "
+                       "starts it")
 
 
 @dataclass
-class AttachedWorker(CeleryWorker):
-    """A ``cnf-worker`` the supervisor started, known here by PID only (its log is what is read)."""
+class AttachedAgent(_KnownByPid, LoopbackAgent):
+    """A ``cnf-agent`` the supervisor started."""
 
-    attached_pid: int | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self.attached_pid
-
-    def alive(self) -> bool:
-        return self.attached_pid is not None and process_alive(self.attached_pid)
-
-    def start(self, *, concurrency: int = 1, pool: str = "prefork") -> None:
-        raise E2EError(f"worker {self.name} belongs to the federation's supervisor: it starts it")
+@dataclass
+class AttachedWorker(_KnownByPid, CeleryWorker):
+    """A ``cnf-worker`` the supervisor started (its log is what is read)."""
 
 
 # --- the record ------------------------------------------------------------------------------------------------

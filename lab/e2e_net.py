@@ -70,19 +70,22 @@ class NetError(RuntimeError):
     """A part of the guest network could not be set up; the message names the command and its output."""
 
 
-def _ip() -> str:
+def ip_path() -> str:
     return shutil.which("ip") or "/usr/sbin/ip"
 
 
-def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_plumbing(argv: list[str], *, check: bool = True,
+         error: type[RuntimeError] = NetError) -> subprocess.CompletedProcess[str]:
+    """Run a plumbing command (``ip``, ``sysctl``, ...); with ``check``, a non-zero exit raises ``error`` naming
+    the command and its output (``lab.controller_ns`` passes its own error class)."""
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=CMD_TIMEOUT, check=False)
     if check and proc.returncode != 0:
-        raise NetError(f"{' '.join(argv)} failed rc={proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise error(f"{' '.join(argv)} failed rc={proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
 
 
 def _sysctl(namespace: str, *settings: str) -> None:
-    _run([_ip(), "netns", "exec", namespace, "sysctl", "-q", "-w", *settings])
+    run_plumbing([ip_path(), "netns", "exec", namespace, "sysctl", "-q", "-w", *settings])
 
 
 @dataclass(frozen=True)
@@ -116,36 +119,37 @@ class GuestNetwork:
 
         On failure, what was created is removed before the error propagates.
         """
-        ip = _ip()
+        ip = ip_path()
         try:
             rs = self.rs_namespace
             _sysctl(rs, "net.ipv4.ip_forward=1")
             probe = self.probe_namespace
-            _run([ip, "netns", "add", probe])
-            _run([ip, "-n", probe, "link", "set", "lo", "up"])
-            _run([ip, "-n", probe, "link", "add", "eth0", "type", "veth", "peer", "name", "pr", "netns", rs])
-            _run([ip, "-n", probe, "addr", "add", f"{PROBE_ADDRESS}/30", "dev", "eth0"])
-            _run([ip, "-n", probe, "link", "set", "eth0", "up"])
-            _run([ip, "-n", probe, "route", "add", "default", "via", PROBE_RS_ADDRESS])
-            _run([ip, "-n", rs, "addr", "add", f"{PROBE_RS_ADDRESS}/30", "dev", "pr"])
-            _run([ip, "-n", rs, "link", "set", "pr", "up"])
+            run_plumbing([ip, "netns", "add", probe])
+            run_plumbing([ip, "-n", probe, "link", "set", "lo", "up"])
+            run_plumbing([ip, "-n", probe, "link", "add", "eth0", "type", "veth", "peer", "name", "pr", "netns", rs])
+            run_plumbing([ip, "-n", probe, "addr", "add", f"{PROBE_ADDRESS}/30", "dev", "eth0"])
+            run_plumbing([ip, "-n", probe, "link", "set", "eth0", "up"])
+            run_plumbing([ip, "-n", probe, "route", "add", "default", "via", PROBE_RS_ADDRESS])
+            run_plumbing([ip, "-n", rs, "addr", "add", f"{PROBE_RS_ADDRESS}/30", "dev", "pr"])
+            run_plumbing([ip, "-n", rs, "link", "set", "pr", "up"])
             for n, (cid, address) in enumerate(sorted(self.hosts.items()), start=1):
                 ns = self.host_namespace(cid)
                 router_ns, router_address = self.routers[cid]
-                _run([ip, "netns", "add", ns])
-                _run([ip, "-n", ns, "link", "set", "lo", "up"])
-                _run([ip, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"h{n}", "netns", rs])
-                _run([ip, "-n", ns, "addr", "add", f"{address}/{FABRIC_PREFIX_LEN}", "dev", "eth0"])
-                _run([ip, "-n", ns, "link", "set", "eth0", "up"])
-                _run([ip, "-n", rs, "link", "set", f"h{n}", "master", "br0", "up"])
-                _run([ip, "-n", ns, "route", "add", "default", "via", router_address])
+                run_plumbing([ip, "netns", "add", ns])
+                run_plumbing([ip, "-n", ns, "link", "set", "lo", "up"])
+                run_plumbing([ip, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"h{n}", "netns",
+                              rs])
+                run_plumbing([ip, "-n", ns, "addr", "add", f"{address}/{FABRIC_PREFIX_LEN}", "dev", "eth0"])
+                run_plumbing([ip, "-n", ns, "link", "set", "eth0", "up"])
+                run_plumbing([ip, "-n", rs, "link", "set", f"h{n}", "master", "br0", "up"])
+                run_plumbing([ip, "-n", ns, "route", "add", "default", "via", router_address])
                 _sysctl(ns, "net.ipv4.ip_forward=1")
                 # the cloud router forwards its host's traffic to the outside (here: the probe's link behind the
                 # route server); on the shared segment it would otherwise redirect the host to the route server
                 _sysctl(router_ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                         "net.ipv4.conf.eth0.send_redirects=0")
-                _run([ip, "-n", router_ns, "route", "replace", f"{PROBE_RS_ADDRESS.rsplit('.', 1)[0]}.0/30", "via",
-                      RS_ADDRESS])
+                probe_net = f"{PROBE_RS_ADDRESS.rsplit('.', 1)[0]}.0/30"
+                run_plumbing([ip, "-n", router_ns, "route", "replace", probe_net, "via", RS_ADDRESS])
         except BaseException:
             self.down()
             raise
@@ -154,13 +158,13 @@ class GuestNetwork:
         """Delete this lab's namespaces (their veth ends in the route server's namespace go with them)."""
         for ns in self.namespaces:
             if Path("/run/netns", ns).exists():
-                _run([_ip(), "netns", "del", ns], check=False)
+                run_plumbing([ip_path(), "netns", "del", ns], check=False)
 
     # --- QEMU ------------------------------------------------------------------------------------------------
 
     def tap_helper(self, cid: str) -> str:
         """The ``helper=`` command QEMU runs to get host ``cid``'s tap (no commas: QEMU's option syntax)."""
-        return (f"{_ip()} netns exec {self.host_namespace(cid)} {sys.executable} -I {Path(__file__).resolve()} "
+        return (f"{ip_path()} netns exec {self.host_namespace(cid)} {sys.executable} -I {Path(__file__).resolve()} "
                 f"tap-helper --tap {TAP} --mac {GATEWAY_MAC} --gateway {GATEWAY_IP} --vm-ip {VM_IP}")
 
     def qemu_args(self, cid: str) -> tuple[str, ...]:
@@ -172,7 +176,8 @@ class GuestNetwork:
 
     def tap_packets(self, cid: str) -> dict[str, int] | None:
         """Packets through host ``cid``'s tap: ``to_guest`` / ``from_guest``; None when there is no tap."""
-        p = _run([_ip(), "-n", self.host_namespace(cid), "-s", "-j", "link", "show", "dev", TAP], check=False)
+        p = run_plumbing([ip_path(), "-n", self.host_namespace(cid), "-s", "-j", "link", "show", "dev", TAP],
+                         check=False)
         if p.returncode != 0:
             return None
         try:
@@ -183,7 +188,7 @@ class GuestNetwork:
 
     def host_route(self, cid: str) -> bool:
         """True if host ``cid`` routes the VM's /32 to its tap (i.e. a QEMU with the guest's NIC runs there)."""
-        p = _run([_ip(), "-n", self.host_namespace(cid), "route", "show", f"{VM_IP}/32"], check=False)
+        p = run_plumbing([ip_path(), "-n", self.host_namespace(cid), "route", "show", f"{VM_IP}/32"], check=False)
         return f"dev {TAP}" in p.stdout
 
 
@@ -195,7 +200,7 @@ def _tap_helper(args: argparse.Namespace) -> int:
     flags = _IFF_TAP | _IFF_NO_PI | (_IFF_VNET_HDR if args.use_vnet else 0)
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH22x", args.tap.encode(), flags))
-    ip = _ip()
+    ip = ip_path()
     for argv in ([ip, "link", "set", "dev", args.tap, "address", args.mac, "up"],
                  [ip, "addr", "replace", f"{args.gateway}/32", "dev", args.tap],
                  [ip, "route", "replace", f"{args.vm_ip}/32", "dev", args.tap]):
