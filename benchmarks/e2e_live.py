@@ -91,13 +91,13 @@ def _bench_line(mode: str, main: list[dict[str, Any]], direct: list[dict[str, An
 def _openstack_for_bench() -> tuple[Any, bool]:
     """The running OpenStack lab's clouds (reused, never stopped here), else a new one (stopped at the end)."""
     from lab.e2e_federation import openstack_running
-    from lab.e2e_nova import _lab_from_record
+    from lab.e2e_nova import openstack_from_record
     from lab.openstack import up
 
     current = openstack_running()
     if current is not None:
         print(f"openstack: reusing {current}", flush=True)
-        return _lab_from_record(current), False
+        return openstack_from_record(current), False
     t0 = time.monotonic()
     lab = up()
     print(f"openstack: up in {time.monotonic() - t0:.1f} s", flush=True)
@@ -128,7 +128,7 @@ def _run_agents(lab: E2ELab, args: argparse.Namespace, direct: list[dict[str, An
         finally:
             fed.stop()
     finally:
-        if own_openstack:
+        if own_openstack and openstack is not None:
             openstack.down()
 
 

@@ -50,6 +50,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,14 @@ def attach_root(token: str) -> str:
     return str(path)
 
 
+def detach_root(token: str) -> bool:
+    """Remove the ``attach_root`` handle of this token, if any; returns whether there was one."""
+    if not Path("/run/netns", root_handle(token)).exists():
+        return False
+    _run([ip_path(), "netns", "del", root_handle(token)], check=False)
+    return True
+
+
 def write_qemu_wrapper(path: Path, root_netns: str) -> Path:
     """A shell script that runs QEMU in the namespace ``root_netns`` (a path), ``exec``ing all the way."""
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
@@ -223,8 +232,6 @@ class Relay:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, within_s: float = 15.0) -> None:
-        import time
-
         argv = [sys.executable, "-m", "lab.controller_ns", "relay", "--ns", self.namespace,
                 "--ports", ",".join(str(p) for p in sorted(set(self.ports)))]
         with self.log.open("ab") as out:
@@ -270,8 +277,7 @@ def remove_controllers(token: str, lab_root: Path) -> list[str]:
         gone.append(ns)
     for link in Path("/sys/class/net").glob(f"ce{token}*"):
         _run([ip_path(), "link", "del", link.name], check=False)
-    if (netns / root_handle(token)).exists():
-        _run([ip_path(), "netns", "del", root_handle(token)], check=False)
+    if detach_root(token):
         gone.append(root_handle(token))
     return gone
 

@@ -45,7 +45,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,7 +59,7 @@ from cnf.clock import SystemClock
 from cnf.migration.model import MigrationEvent, MigrationState, StepRecord
 from cnf.sim.fabric import SimFabric
 from lab.ceph import POOL
-from lab.controller_ns import Controller, Relay, attach_root, plan_controllers, root_handle, write_qemu_wrapper
+from lab.controller_ns import Controller, Relay, attach_root, detach_root, plan_controllers, write_qemu_wrapper
 from lab.e2e import (
     CLUSTERS,
     DISK_MS,
@@ -318,8 +317,7 @@ class AgentClouds:
                 ctl.down()
         if self.namespaces:
             with contextlib.suppress(Exception):
-                subprocess.run(["ip", "netns", "del", root_handle(self.lab.net_token)], capture_output=True,
-                               timeout=30, check=False)
+                detach_root(self.lab.net_token)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 self.redis.stop()

@@ -140,7 +140,7 @@ def _describe(fed: Any, openstack_record: str | None, up_s: float) -> dict[str, 
 def attach(lab: E2ELab, rec: dict[str, Any]) -> Any:
     """An ``AgentClouds`` over the running federation ``rec`` describes (for ``run_migration``)."""
     from lab.e2e_agents import AgentClouds
-    from lab.e2e_nova import _lab_from_record
+    from lab.e2e_nova import openstack_from_record
 
     agents = {cid: AttachedAgent(**_known(AttachedAgent, a | {"config": Path(a["config"]), "log": Path(a["log"]),
                                                               "attached_pid": a["pid"]}))
@@ -148,7 +148,7 @@ def attach(lab: E2ELab, rec: dict[str, Any]) -> Any:
     workers = {cid: AttachedWorker(**_known(AttachedWorker, w | {"config": Path(w["config"]), "log": Path(w["log"]),
                                                                  "attached_pid": w["pid"]}))
                for cid, w in rec["workers"].items()}
-    openstack = _lab_from_record(Path(rec["openstack_record"])) if rec.get("openstack_record") else None
+    openstack = openstack_from_record(Path(rec["openstack_record"])) if rec.get("openstack_record") else None
     return AgentClouds(lab=lab, base=Path(rec["base"]), openstack=openstack, tasks=rec["tasks"],
                        agents=dict(agents), workers=dict(workers), database=rec["database"],
                        nova_boot_s=rec.get("nova_boot_s"))
@@ -160,7 +160,7 @@ def attach(lab: E2ELab, rec: dict[str, Any]) -> Any:
 def serve(root: Path, *, openstack_record: str | None, tasks: str, controllers: str | None = None) -> int:
     """Start the agents for the lab at ``root``, record them, hold them until SIGTERM/SIGINT, stop them."""
     from lab.e2e_agents import AgentClouds
-    from lab.e2e_nova import _lab_from_record
+    from lab.e2e_nova import openstack_from_record
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)  # unwinds AgentClouds.start (it stops what it started) or the wait below
@@ -168,7 +168,7 @@ def serve(root: Path, *, openstack_record: str | None, tasks: str, controllers: 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     lab = E2ELab.load(root)
-    openstack = _lab_from_record(Path(openstack_record)) if openstack_record else None
+    openstack = openstack_from_record(Path(openstack_record)) if openstack_record else None
     t0 = time.monotonic()
     try:
         where = {"controllers": controllers} if controllers else {}  # None: AgentClouds' default

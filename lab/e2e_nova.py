@@ -66,10 +66,10 @@ def openstack_from_env() -> Any | None:
     running ones (never stopped here), without it the agents keep the sim cloud.
     """
     path = os.environ.get("CNF_LAB_OPENSTACK_REUSE")
-    return _lab_from_record(Path(path)) if path else None
+    return openstack_from_record(Path(path)) if path else None
 
 
-def _lab_from_record(path: Path) -> Any:
+def openstack_from_record(path: Path) -> Any:
     from lab.openstack import OpenStackLab
 
     return OpenStackLab.from_dict(json.loads(path.read_text()))
@@ -85,7 +85,7 @@ def openstack_from_state() -> Any:
     current = STATE_ROOT / "current.json"
     if not current.exists():
         raise FileNotFoundError(f"no OpenStack lab is up ({current} is missing): run `python -m lab.openstack up`")
-    return _lab_from_record(current)
+    return openstack_from_record(current)
 
 
 def agent_openstack_section(cloud: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnf.errors import DriverError, IllegalTransition, NotConverging
-from cnf.hypervisor.base import MigrationParams, guest_pause_ms
+from cnf.hypervisor.base import Domain, MigrationParams, guest_pause_ms
 from cnf.migration.model import MigrationKind, MigrationOptions, MigrationRecord, Phase
 from cnf.migration.preflight import run_preflight
 from cnf.openstack.base import ServerSpec
@@ -168,6 +168,13 @@ async def stop_source_undo(sc: StepContext) -> None:
 _LIVE_DEST_STATES = ("incoming", "paused", "running")
 
 
+def _refuse_dead_destination(sc: StepContext, d: Domain | None, consequence: str) -> None:
+    """``IllegalTransition`` when the destination domain can no longer receive the guest (gone, crashed)."""
+    if d is None or d.state not in _LIVE_DEST_STATES:
+        raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: {consequence}",
+                                vm_id=sc.vm_id)
+
+
 async def demote_do(sc: StepContext) -> None:
     await sc.src.storage.demote(sc.image)
 
@@ -198,9 +205,7 @@ async def demotion_arrived_check(sc: StepContext) -> bool:
     st, d = await asyncio.gather(sc.dst.storage.status(sc.image), sc.dst.hypervisor.domain(sc.vm_id))
     if st.primary:
         return True
-    if d is None or d.state not in _LIVE_DEST_STATES:
-        raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: the source takes "
-                                "everything back", vm_id=sc.vm_id)
+    _refuse_dead_destination(sc, d, "the source takes everything back")
     return st.in_sync
 
 
@@ -208,10 +213,7 @@ async def promote_do(sc: StepContext) -> None:
     if sc.record.kind == MigrationKind.LIVE:
         # The point of no return: never promote for a destination QEMU that is gone (it died in the pause);
         # before the promote the source can still take everything back.
-        d = await sc.dst.hypervisor.domain(sc.vm_id)
-        if d is None or d.state not in _LIVE_DEST_STATES:
-            raise IllegalTransition(f"destination domain of {sc.vm_id} is {d.state if d else 'gone'}: not promoting",
-                                    vm_id=sc.vm_id)
+        _refuse_dead_destination(sc, await sc.dst.hypervisor.domain(sc.vm_id), "not promoting")
     await sc.dst.storage.promote(sc.image)
 
 
@@ -443,9 +445,9 @@ async def withdraw_check(sc: StepContext) -> bool:
         # from the moment the guest stopped answering until it answers again from the destination: the route
         # leads there (now) and the guest runs there (STOP + the recorded pause, which a simulated hypervisor
         # may date after "now")
-        since = float(sc.ctx.get("source_stopped_at", sc.ctx["switchover_at"]))
-        resumed = since + float(sc.ctx.get("guest_pause_ms") or 0.0) / 1000.0 if "source_stopped_at" in sc.ctx \
-            else 0.0
+        stopped = sc.ctx.get("source_stopped_at")
+        since = float(sc.ctx["switchover_at"] if stopped is None else stopped)
+        resumed = since + float(sc.ctx.get("guest_pause_ms") or 0.0) / 1000.0 if stopped is not None else since
         sc.ctx["network_blackout_ms"] = round((max(sc.now(), resumed) - since) * 1000.0, 1)
     return ok
 
